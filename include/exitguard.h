@@ -1,0 +1,261 @@
+/*
+ * exitguard.h -- the public C API of exitguard.
+ *
+ * exitguard keeps native code that holds Python references, or runs threads
+ * that call into Python, safe around the GIL and interpreter shutdown.  This
+ * header is everything an extension needs: it compiles as C11 and as C++
+ * (C++11 or newer), and it reaches the implementation through a versioned
+ * capsule, so an extension never links against exitguard.
+ *
+ * Using it from an extension module:
+ *
+ *     #include <exitguard.h>          // include dir: exitguard.get_include()
+ *
+ *     static int mymod_exec(PyObject *m) {
+ *         if (eg_import() < 0)        // once per module exec, attached
+ *             return -1;
+ *         ...
+ *     }
+ *
+ * An extension made of several C files defines EG_CAPI_SHARED in every file
+ * that includes this header and EG_CAPI_DEFINE in exactly one of them; the
+ * default is a private table pointer per translation unit, so each file that
+ * calls eg_* functions must then call eg_import() itself.
+ *
+ * Words used in the contracts below:
+ *   attached   the calling thread holds the GIL -- has an attached thread
+ *              state -- for the interpreter the call concerns;
+ *   any thread any OS thread, attached or not, including threads Python
+ *              never saw and threads running after Py_FinalizeEx();
+ *   phase 1    exitguard's first stop phase, run from
+ *              threading._register_atexit before non-daemon Python threads
+ *              are joined: the exit stoppers run;
+ *   phase 2    the second, run from atexit while the interpreter is still
+ *              whole: queued decrefs are applied and every registered
+ *              reference is released.
+ * The stop phases and the states an interpreter passes through are drawn in
+ * docs/design.md.  Functions returning int return 0 or a negative errno
+ * (-EINVAL, -ENOMEM, -ESHUTDOWN, ...); eg_strerror() names it.
+ */
+#ifndef EXITGUARD_H
+#define EXITGUARD_H
+
+#include <Python.h>
+#include <stdint.h>
+
+#include "exitguard/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A strong reference owned by native code and registered with the
+ * interpreter it was created in.  Opaque. */
+typedef struct eg_ref eg_ref;
+
+/* A registered exit stopper.  Opaque. */
+typedef struct eg_stopper eg_stopper;
+
+/*
+ * The function table behind the "exitguard._C_API" capsule.  The first two
+ * fields never move; slots are only ever appended, and a retired slot stays
+ * in place.  Extensions do not use this struct directly: the eg_* functions
+ * below go through it.
+ */
+typedef struct eg_capi {
+    uint32_t abi_version;   /* EG_ABI_VERSION of the exporting exitguard */
+    uint32_t size;          /* sizeof(eg_capi) of the exporting exitguard */
+    uint32_t version_hex;   /* EG_VERSION_HEX of the exporting exitguard */
+    uint32_t reserved;      /* zero */
+    eg_ref *(*ref_new)(PyObject *obj);
+    PyObject *(*ref_get)(const eg_ref *ref);
+    void (*ref_release)(eg_ref *ref);
+    void (*decref)(PyObject *obj);
+    Py_ssize_t (*flush)(void);
+    eg_stopper *(*stopper_add)(void (*stop)(void *arg), void *arg);
+    int (*stopper_after)(eg_stopper *first, eg_stopper *then);
+    void (*stopper_remove)(eg_stopper *s);
+    const char *(*strerror)(int err);
+} eg_capi;
+
+#if defined(EG_BUILDING)
+#  define EG_FUNC extern
+#else
+#  define EG_FUNC static inline
+#endif
+
+/* ------------------------------------------------------------------------
+ * Importing the API
+ */
+
+/* eg_import: import exitguard and fetch its function table.
+ * Thread: attached; call it from the extension's module exec (or init),
+ *   once per interpreter that imports the extension.
+ * Returns 0, or -1 with ImportError set -- also when the installed exitguard
+ *   has another ABI version or an older, smaller table than this header; the
+ *   message names both versions.
+ * Not async-signal-safe.  Defined at the end of this header. */
+#if !defined(EG_BUILDING)
+static inline int eg_import(void);
+#endif
+
+/* ------------------------------------------------------------------------
+ * Native references
+ */
+
+/* eg_ref_new: take a new strong reference to obj and register it in the
+ *   current interpreter.
+ * Thread: attached.  Not async-signal-safe.
+ * Returns the reference, or NULL with an exception set: MemoryError, or
+ *   RuntimeError once the interpreter's phase 2 has begun (references are
+ *   closed to late registrations: nothing would release them).
+ * Pair: eg_ref_release(), from any thread.  Until then phase 2 releases the
+ *   object for you, and eg_ref_get() returns NULL from then on. */
+EG_FUNC eg_ref *eg_ref_new(PyObject *obj);
+
+/* eg_ref_get: the object behind ref.
+ * Thread: attached, to the interpreter the reference belongs to.
+ * Returns a borrowed reference, or NULL (no exception) once phase 2 has
+ *   released it.  Never fails otherwise. */
+EG_FUNC PyObject *eg_ref_get(const eg_ref *ref);
+
+/* eg_ref_release: drop the reference and free ref.
+ * Thread: any thread, any time, including after Py_FinalizeEx().  Never
+ *   blocks; not async-signal-safe (it may allocate when the queue spills).
+ * Attached to the reference's interpreter, the object is decref'd now;
+ *   otherwise the decref is queued to that interpreter (see eg_decref).
+ *   After phase 2 only native memory is freed: the object was already
+ *   released.  ref must not be used again; NULL is a no-op.  Releasing a
+ *   reference twice is undefined; debug builds (EG_DEBUG=1) abort with a
+ *   message naming it. */
+EG_FUNC void eg_ref_release(eg_ref *ref);
+
+/* ------------------------------------------------------------------------
+ * Deferred decrefs
+ */
+
+/* eg_decref: drop one strong reference the caller owns on obj.
+ * Thread: any thread.  Never blocks, never waits for the GIL; not
+ *   async-signal-safe.
+ * Attached, it is Py_DECREF(obj) now (obj must belong to that interpreter).
+ *   Otherwise it is queued to the main interpreter without taking a lock,
+ *   and applied there by a thread attached to it: at the next exitguard entry
+ *   point, by a pending call requested when the queue becomes non-empty, by
+ *   eg_flush(), or at phase 2.  A decref queued after phase 2 is never
+ *   applied: it is counted (stats()["decref_dropped"]) and the object
+ *   leaks.  NULL is a no-op. */
+EG_FUNC void eg_decref(PyObject *obj);
+
+/* eg_flush: apply the current interpreter's queued decrefs now.
+ * Thread: attached.  May run arbitrary Python code (finalizers).
+ * Returns how many decrefs were applied; 0 when another thread, or an
+ *   enclosing flush on this thread, is draining the queue already (that
+ *   drain applies them).  Never fails. */
+EG_FUNC Py_ssize_t eg_flush(void);
+
+/* ------------------------------------------------------------------------
+ * Exit stoppers
+ */
+
+/* eg_stopper_add: register stop(arg) to run in phase 1 of the current
+ *   interpreter -- before non-daemon Python threads are joined.
+ * Thread: attached.
+ * stop is called attached, on the thread running the phase (normally the
+ *   main thread), at most once: release the GIL (Py_BEGIN_ALLOW_THREADS)
+ *   around any join or wait inside it.  Stoppers run newest first, except
+ *   that eg_stopper_after() edges are always honoured.  A stopper added while
+ *   phase 1 runs still runs in that phase.
+ * Returns the stopper, or NULL with an exception set: TypeError for a NULL
+ *   stop, MemoryError, or RuntimeError once phase 1 has finished.
+ * Pair: eg_stopper_remove(), which frees it; the handle stays valid (and
+ *   inert, once it has run) until then. */
+EG_FUNC eg_stopper *eg_stopper_add(void (*stop)(void *arg), void *arg);
+
+/* eg_stopper_after: make `then` stop only after `first` has stopped.
+ * Thread: any thread; both stoppers must belong to the same interpreter.
+ * Returns 0; -EINVAL for NULL, identical or foreign stoppers; -EDEADLK when
+ *   the edge would close a cycle; -EALREADY when `then` has already run or
+ *   is running.  An edge to a removed stopper is dropped with it. */
+EG_FUNC int eg_stopper_after(eg_stopper *first, eg_stopper *then);
+
+/* eg_stopper_remove: unregister s and free it.
+ * Thread: any thread, at any time, also from inside s's own stop callback.
+ * If s's callback is running on another thread, this waits for it to
+ *   return (releasing the GIL while it waits, when attached), so arg may be
+ *   freed once this returns.  NULL is a no-op. */
+EG_FUNC void eg_stopper_remove(eg_stopper *s);
+
+/* ------------------------------------------------------------------------
+ * Errors
+ */
+
+/* eg_strerror: a static, human-readable message for a negative errno
+ *   returned by an eg_* function.  Thread: any thread; async-signal-safe. */
+EG_FUNC const char *eg_strerror(int err);
+
+/* ------------------------------------------------------------------------
+ * Implementation for extensions: everything below forwards to the table.
+ */
+#if !defined(EG_BUILDING)
+
+#if defined(EG_CAPI_SHARED) && !defined(EG_CAPI_DEFINE)
+extern const eg_capi *eg__capi_table;
+#elif defined(EG_CAPI_SHARED)
+const eg_capi *eg__capi_table = NULL;
+#else
+static const eg_capi *eg__capi_table = NULL;
+#endif
+
+static inline int
+eg_import(void)
+{
+    const eg_capi *t =
+        (const eg_capi *)PyCapsule_Import("exitguard._C_API", 0);
+    if (t == NULL) {
+        return -1;
+    }
+    if (t->abi_version != EG_ABI_VERSION
+            || t->size < (uint32_t)sizeof(eg_capi)) {
+        PyErr_Format(PyExc_ImportError,
+                     "exitguard C API mismatch: this extension was compiled "
+                     "against exitguard " EG_VERSION_STRING " (ABI %d, table "
+                     "of %d bytes), but the installed exitguard %d.%d.%d "
+                     "provides ABI %d (table of %d bytes); rebuild the "
+                     "extension against the installed exitguard",
+                     (int)EG_ABI_VERSION, (int)sizeof(eg_capi),
+                     (int)((t->version_hex >> 16) & 0xff),
+                     (int)((t->version_hex >> 8) & 0xff),
+                     (int)(t->version_hex & 0xff),
+                     (int)t->abi_version, (int)t->size);
+        return -1;
+    }
+    eg__capi_table = t;
+    return 0;
+}
+
+static inline eg_ref *eg_ref_new(PyObject *obj)
+{ return eg__capi_table->ref_new(obj); }
+static inline PyObject *eg_ref_get(const eg_ref *ref)
+{ return eg__capi_table->ref_get(ref); }
+static inline void eg_ref_release(eg_ref *ref)
+{ eg__capi_table->ref_release(ref); }
+static inline void eg_decref(PyObject *obj)
+{ eg__capi_table->decref(obj); }
+static inline Py_ssize_t eg_flush(void)
+{ return eg__capi_table->flush(); }
+static inline eg_stopper *eg_stopper_add(void (*stop)(void *arg), void *arg)
+{ return eg__capi_table->stopper_add(stop, arg); }
+static inline int eg_stopper_after(eg_stopper *first, eg_stopper *then)
+{ return eg__capi_table->stopper_after(first, then); }
+static inline void eg_stopper_remove(eg_stopper *s)
+{ eg__capi_table->stopper_remove(s); }
+static inline const char *eg_strerror(int err)
+{ return eg__capi_table->strerror(err); }
+
+#endif /* !EG_BUILDING */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EXITGUARD_H */

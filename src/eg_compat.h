@@ -1,0 +1,111 @@
+/*
+ * eg_compat.h -- every CPython version difference exitguard depends on.
+ *
+ * Private to exitguard.  This is the only file that tests PY_VERSION_HEX:
+ * everything else calls the helpers below, named after the upstream API they
+ * stand in for (pythoncapi-compat style), so that dropping an old version
+ * means deleting a block here and nothing else.  Each block says which
+ * CPython change it follows.
+ *
+ * Supported: CPython 3.9 and newer, GIL and free-threaded builds.
+ */
+#ifndef EG_COMPAT_H
+#define EG_COMPAT_H
+
+#ifndef EG_BUILDING
+#  error "eg_compat.h is private to exitguard"
+#endif
+
+#include <Python.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#  error "exitguard needs CPython 3.9 or newer (threading._register_atexit, bpo-39812)"
+#endif
+
+#if defined(Py_GIL_DISABLED) && PY_VERSION_HEX < 0x030D0000
+#  error "free-threaded builds are supported from CPython 3.13"
+#endif
+
+/* ---- Is the calling thread attached? -------------------------------------
+ *
+ * eg__tstate_attached() returns the calling thread's thread state when the
+ * thread is attached (holds the GIL), else NULL.  It needs no GIL and never
+ * dereferences another thread's state.
+ *
+ * 3.13 made PyThreadState_GetUnchecked() public (gh-108867).  3.12 keeps the
+ * current thread state in a real thread-local (_Py_tss_tstate), so the
+ * private _PyThreadState_UncheckedGet() answers for this thread.  Before
+ * 3.12 that function returns the runtime-wide "GIL holder" -- some other
+ * thread's state when we do not hold the GIL -- so we compare it, by
+ * pointer only, with this thread's own gilstate thread state.  A thread
+ * attached through a thread state that is not its gilstate one reads as
+ * detached there; its decrefs are then queued rather than applied, which is
+ * safe. */
+static inline PyThreadState *
+eg__tstate_attached(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#elif PY_VERSION_HEX >= 0x030C0000
+    return _PyThreadState_UncheckedGet();
+#else
+    PyThreadState *holder = _PyThreadState_UncheckedGet();
+    if (holder != NULL && holder == PyGILState_GetThisThreadState()) {
+        return holder;
+    }
+    return NULL;
+#endif
+}
+
+/* ---- Is the runtime finalizing? ------------------------------------------
+ * gh-108014 made Py_IsFinalizing() public in 3.13.0a1. */
+#if PY_VERSION_HEX < 0x030D00A1 && !defined(Py_IsFinalizing)
+static inline int
+Py_IsFinalizing(void)
+{
+    return _Py_IsFinalizing();
+}
+#endif
+
+/* ---- Py_NewRef: added in 3.10.0a3 (bpo-42262). ---- */
+#if PY_VERSION_HEX < 0x030A00A3 && !defined(Py_NewRef)
+static inline PyObject *
+eg__Py_NewRef(PyObject *obj)
+{
+    Py_INCREF(obj);
+    return obj;
+}
+#  define Py_NewRef(obj) eg__Py_NewRef((PyObject *)(obj))
+#endif
+
+/* ---- PyModule_AddObjectRef: added in 3.10.0a3 (bpo-42327). ---- */
+#if PY_VERSION_HEX < 0x030A00A3
+static inline int
+eg__PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(mod, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#  define PyModule_AddObjectRef eg__PyModule_AddObjectRef
+#endif
+
+/* ---- Module slots that declare what the module supports ----------------
+ * Py_mod_multiple_interpreters: 3.12 (gh-104108, PEP 684).
+ * Py_mod_gil: 3.13 (gh-116322, PEP 703); only free-threaded builds read it. */
+#if PY_VERSION_HEX >= 0x030C0000
+#  define EG_SLOT_MULTIPLE_INTERPRETERS \
+       {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#else
+#  define EG_SLOT_MULTIPLE_INTERPRETERS
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+#  define EG_SLOT_GIL {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#else
+#  define EG_SLOT_GIL
+#endif
+
+#endif /* EG_COMPAT_H */

@@ -1,0 +1,287 @@
+/*
+ * eg_internal.h -- exitguard's private declarations, shared by the C files in src/.
+ *
+ * This file is private to exitguard: nothing outside src/ may include it.
+ *
+ * The central object is the per-interpreter record, eg__interp: one for each
+ * interpreter that imports exitguard, holding that interpreter's reference
+ * registry (registry.c), deferred-decref queue (decref_queue.c), exit
+ * stoppers (stopper.c) and stop state machine (shutdown.c).  interp.c finds
+ * the record of the calling thread's interpreter.
+ *
+ * Records are never freed.  A native thread may call eg_ref_release() or
+ * eg_decref() at any time -- long after the interpreter is gone -- and must
+ * find valid memory behind the pointers it holds; a record costs a few
+ * hundred bytes plus what its interpreter used, and a process creates few
+ * interpreters.  When an interpreter ends its record is marked dead and is
+ * never matched again.
+ *
+ * Locking: every structure here is protected by exitguard's own mutexes and
+ * atomics, never by the GIL (per-interpreter GILs and free-threaded builds
+ * exist).  Which lock protects which field is said next to the field.
+ */
+#ifndef EG_INTERNAL_H
+#define EG_INTERNAL_H
+
+#ifndef EG_BUILDING
+#  error "eg_internal.h is private to exitguard"
+#endif
+
+#include <Python.h>
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "exitguard.h"
+#include "eg_compat.h"
+
+#define EG_CACHELINE 64
+
+#if defined(__GNUC__)
+#  define EG_LIKELY(x)   __builtin_expect(!!(x), 1)
+#  define EG_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define EG_NOINLINE    __attribute__((noinline))
+#  define EG_COLD        __attribute__((cold))
+#else
+#  define EG_LIKELY(x)   (x)
+#  define EG_UNLIKELY(x) (x)
+#  define EG_NOINLINE
+#  define EG_COLD
+#endif
+
+/* ---- Locks that cannot fail -----------------------------------------------
+ * A failing pthread_mutex_lock() means a corrupted mutex; there is nothing to
+ * recover, so these abort (libuv's uv_mutex_lock does the same). */
+static inline void
+eg__mutex_lock(pthread_mutex_t *m)
+{
+    if (pthread_mutex_lock(m) != 0) {
+        abort();
+    }
+}
+
+static inline void
+eg__mutex_unlock(pthread_mutex_t *m)
+{
+    if (pthread_mutex_unlock(m) != 0) {
+        abort();
+    }
+}
+
+/* Print "exitguard: fatal: <msg>" and abort.  For broken invariants only
+ * (double release in debug builds); GIL-free, async-signal-unsafe. */
+EG_COLD void eg__fatal(const char *msg);
+
+/* ---- Per-interpreter state machine -----------------------------------------
+ * Drawn and explained in shutdown.c. */
+typedef enum {
+    EG_RUNNING = 0,
+    EG_STOPPING = 1,    /* phase 1 has begun: exit stoppers run */
+    EG_RELEASING = 2,   /* phase 2 has begun: queue drained, refs released */
+    EG_STOPPED = 3,     /* phase 2 is done: Python is never touched again */
+} eg__state;
+
+/* ---- Deferred-decref queue (decref_queue.c) ------------------------------ */
+
+#define EG_SEG_SIZE 1022u     /* slots per segment: a segment is 8 KiB */
+
+typedef struct eg__interp eg__interp;
+
+/* A block of queued decrefs.  Filled by one producer, emptied by the
+ * drainer; `head` counts the filled slots. */
+typedef struct eg__seg {
+    _Atomic uint32_t head;
+    _Atomic(struct eg__seg *) next;   /* set by the producer when full */
+    PyObject *slots[EG_SEG_SIZE];
+} eg__seg;
+
+/* One producer thread's lane into one interpreter's queue: an unbounded
+ * single-producer, single-consumer list of segments. */
+typedef struct eg__lane {
+    /* Producer's cache line: written by the owning thread only. */
+    alignas(EG_CACHELINE) eg__seg *wseg;   /* segment being filled */
+    uint32_t widx;                         /* == wseg->head */
+    _Atomic uint64_t pushed;               /* total pushed, for stats */
+    struct eg__lane *tls_next;             /* owning thread's lanes */
+    eg__interp *owner;
+
+    /* Consumer's cache line: written by the drainer only. */
+    alignas(EG_CACHELINE) eg__seg *rseg;   /* segment being emptied */
+    uint32_t ridx;
+    _Atomic uint64_t popped;               /* total applied, for stats */
+    struct eg__lane *next;                 /* interpreter's lane list */
+    _Atomic int orphaned;                  /* the producer has exited */
+    _Atomic(eg__seg *) spare;              /* one recycled segment */
+} eg__lane;
+
+typedef struct {
+    _Atomic(eg__lane *) lanes;      /* lock-free push-only list head */
+    /* 1 while the queue may hold undrained decrefs and a drain has been
+     * requested; see the protocol in decref_queue.c. */
+    alignas(EG_CACHELINE) _Atomic int requested;
+    _Atomic int draining;           /* single-consumer claim */
+    _Atomic int pc_inflight;        /* Py_AddPendingCall() calls under way */
+
+    /* Out-of-memory fallback when a lane or segment cannot be allocated. */
+    pthread_mutex_t spill_lock;     /* protects spill, spill_len, spill_cap */
+    PyObject **spill;
+    size_t spill_len, spill_cap;
+
+    _Atomic uint64_t applied;       /* queued decrefs applied */
+    _Atomic uint64_t dropped;       /* decrefs counted as leaked */
+    _Atomic uint64_t spilled;       /* pushes that took the spill path */
+    _Atomic uint64_t pending_calls; /* Py_AddPendingCall() requests made */
+} eg__decref_queue;
+
+/* Any thread, no GIL: queue one decref of obj to `in`.  Never blocks on the
+ * GIL; allocates once per EG_SEG_SIZE pushes at most, and takes a mutex
+ * only when memory runs out (the spill path). */
+void eg__decref_push_mp(eg__interp *in, PyObject *obj);
+
+/* Attached to `in`: apply every queued decref.  Returns how many; 0 when
+ * another drain holds the single-consumer claim. */
+Py_ssize_t eg__decref_drain_sc(eg__interp *in);
+
+/* Attached to `in`, phase 2: wait (GIL released) for the claim, then apply
+ * every queued decref, also in state RELEASING.  Returns how many. */
+Py_ssize_t eg__decref_drain_all(eg__interp *in);
+
+/* Attached to `in`: drain if a drain has been requested (one relaxed load
+ * when the queue is empty).  For exitguard's entry points. */
+static inline void eg__decref_maybe_drain(eg__interp *in);
+
+/* Decrefs queued now and not yet applied (approximate while producers run). */
+uint64_t eg__decref_pending_count(eg__interp *in);
+
+void eg__decref_queue_init(eg__decref_queue *q);
+void eg__decref_after_fork_child(eg__interp *in);
+void eg__decref_process_init(void);   /* once per process; see fences */
+
+/* ---- Reference registry (registry.c) ------------------------------------- */
+
+/* Slots live in chunks that double in size: chunk k holds
+ * EG_REF_CHUNK0 << k slots, so 24 chunk pointers cover 2^34 references and
+ * a slot's index maps to (chunk, offset) with one count-leading-zeros. */
+#define EG_REF_CHUNK0_LOG2 10u
+#define EG_REF_CHUNK0 (1u << EG_REF_CHUNK0_LOG2)
+#define EG_REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
+
+struct eg_ref {
+    _Atomic(PyObject *) obj;   /* NULL once released (by owner or sweep) */
+    eg__interp *interp;
+    _Atomic uint32_t next_free;   /* free list link: index + 1, 0 = end */
+    uint32_t index;
+#ifdef EG_DEBUG
+    _Atomic uint32_t live;        /* 1 between eg_ref_new and release */
+#endif
+};
+
+typedef struct {
+    /* Free list head: (ABA tag << 32) | (index + 1); 0 in the low half is
+     * "empty". */
+    _Atomic uint64_t free_head;
+    pthread_mutex_t grow_lock;                     /* serialises growth */
+    _Atomic uint32_t nchunks;                      /* published chunks */
+    _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
+    _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
+} eg__registry;
+
+void eg__registry_init(eg__registry *reg);
+void eg__registry_after_fork_child(eg__registry *reg);
+/* Live references (approximate while other threads run). */
+uint64_t eg__registry_live(eg__registry *reg);
+/* Attached to the record's interpreter, in phase 2: release every
+ * registered object.  `tally`, when not NULL, is a dict that gets
+ * type name -> count of what was released. */
+int eg__registry_sweep(eg__interp *in, PyObject *tally);
+
+/* ---- Exit stoppers (stopper.c) ------------------------------------------- */
+
+typedef struct {
+    pthread_mutex_t lock;        /* protects everything below */
+    pthread_cond_t done_cond;    /* a running stopper finished */
+    struct eg_stopper *first;    /* registration order, oldest first */
+    uint64_t next_seq;
+    size_t count;                /* registered and not yet run */
+    int phase1_done;             /* late registrations are refused */
+} eg__stoppers;
+
+void eg__stoppers_init(eg__stoppers *st);
+void eg__stoppers_after_fork_child(eg__stoppers *st);
+/* Attached: run every pending stopper, newest first honouring edges. */
+void eg__stoppers_run(eg__interp *in);
+/* Register an internal stopper: dtor(arg), called attached, runs when the
+ * entry is freed; auto_free frees the entry right after it runs. */
+eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
+                               void *arg, void (*dtor)(void *),
+                               int auto_free, int *err);
+size_t eg__stoppers_count(eg__interp *in);
+
+/* ---- The per-interpreter record (interp.c) ------------------------------- */
+
+struct eg__interp {
+    eg__decref_queue queue;
+    _Atomic int state;              /* eg__state */
+    /* The interpreter, compared by address only; NULL once it is dead. */
+    _Atomic(PyInterpreterState *) pyinterp;
+    int64_t id;
+    int is_main;
+    int nmodules;                   /* under eg__records_lock */
+    struct eg__interp *next_record; /* under eg__records_lock */
+    eg__stoppers stoppers;
+    eg__registry refs;              /* large: keep last */
+};
+
+/* The main interpreter's record, or NULL: the target of eg_decref() from
+ * threads that are not attached. */
+extern _Atomic(eg__interp *) eg__main_record;
+
+/* Attached: the record of the calling thread's interpreter, or NULL when
+ * exitguard was never imported in it (no exception set). */
+eg__interp *eg__interp_current(void);
+/* Attached, module exec: find or create this interpreter's record and
+ * count one more module using it.  NULL with an exception on failure. */
+eg__interp *eg__interp_acquire(void);
+/* Attached, module free: one module fewer; the last marks it dead. */
+void eg__interp_release(eg__interp *in);
+/* Does the calling thread's attached interpreter own `in`? */
+static inline int
+eg__attached_to(eg__interp *in)
+{
+    PyThreadState *ts = eg__tstate_attached();
+    return ts != NULL && PyThreadState_GetInterpreter(ts)
+        == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
+}
+void eg__interps_process_init(void);
+
+/* ---- Shutdown (shutdown.c) ------------------------------------------------ */
+
+void eg__phase1(eg__interp *in);
+void eg__phase2(eg__interp *in);
+const char *eg__state_name(int state);
+
+/* EXITGUARD_LEAKS: 0 off, 1 warn, 2 abort.  Read once per process. */
+extern int eg__leak_mode;
+void eg__shutdown_process_init(void);
+/* Register the process-wide Py_AtExit hook once.  0, or -1 when full. */
+int eg__register_atexit_ll(void);
+
+/* ---- Implementations of the public API (registry.c, ...) ----------------- */
+extern const eg_capi eg__capi;
+
+/* ---- inline bodies ------------------------------------------------------- */
+
+static inline void
+eg__decref_maybe_drain(eg__interp *in)
+{
+    /* Relaxed: a stale 0 only delays this opportunistic drain; the pending
+     * call or a later entry point applies the queue. */
+    if (atomic_load_explicit(&in->queue.requested, memory_order_relaxed)) {
+        (void)eg__decref_drain_sc(in);
+    }
+}
+
+#endif /* EG_INTERNAL_H */

@@ -1,0 +1,46 @@
+"""exitguard: keep CPython extensions safe around the GIL and interpreter shutdown.
+
+The C core lives in :mod:`exitguard._core`; this package re-exports its Python
+API and adds the helpers that need no C.  Extensions use the C API through
+``#include <exitguard.h>`` (see :func:`get_include`).
+"""
+
+import os as _os
+
+from ._core import (  # noqa: F401  (re-exported API)
+    ABI_VERSION,
+    LEAK_EXIT_STATUS,
+    ExitStopper,
+    __version__,
+    _C_API,
+    flush,
+    state,
+    stats,
+)
+
+__all__ = [
+    "ExitStopper",
+    "exit_stopper",
+    "flush",
+    "get_include",
+    "state",
+    "stats",
+    "__version__",
+]
+
+
+def exit_stopper(callback, /, *args, **kwargs):
+    """Run ``callback(*args, **kwargs)`` at exit, before non-daemon threads are joined.
+
+    Returns an :class:`ExitStopper`; call its ``cancel()`` (or use it as a
+    context manager) when the work it stops has ended by other means.  The
+    callback runs on the thread that runs the interpreter's exit (normally
+    the main thread) in exitguard's phase 1; stoppers run newest first.
+    Raises ``TypeError`` if ``callback`` is not callable.
+    """
+    return ExitStopper(callback, *args, **kwargs)
+
+
+def get_include():
+    """Return the folder that holds ``exitguard.h``, for extension builds."""
+    return _os.path.join(_os.path.dirname(__file__), "include")

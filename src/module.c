@@ -1,0 +1,608 @@
+/*
+ * module.c -- the CPython module exitguard._core: multi-phase init, module
+ * state, the Python API, the stop-phase hooks and the C API capsule.
+ *
+ * Every function here runs attached (it is called by Python).  The module
+ * holds no process-wide Python state: each interpreter that imports it gets
+ * its own module object whose state points at that interpreter's record
+ * (interp.c), so the module declares per-interpreter-GIL support (3.12+)
+ * and, on free-threaded builds, that it does not need the GIL: everything
+ * it shares between threads is guarded by exitguard's own locks and atomics.
+ */
+#include "eg_internal.h"
+
+#include <errno.h>
+
+/* ---- Module state --------------------------------------------------------- */
+
+typedef struct {
+    eg__interp *rec;
+    PyTypeObject *ExitStopper_Type;
+} eg__modstate;
+
+static inline eg__modstate *
+eg__get_state(PyObject *module)
+{
+    eg__modstate *st = (eg__modstate *)PyModule_GetState(module);
+    assert(st != NULL);
+    return st;
+}
+
+/* ---- ExitStopper ---------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *callback;
+    PyObject *args;               /* tuple */
+    PyObject *kwargs;             /* dict or NULL */
+    /* The registry entry while the stopper is active; whoever swaps it to
+     * NULL first -- cancel() or the run -- owns the transition. */
+    _Atomic(eg_stopper *) stopper;
+    _Atomic int ran;
+} ExitStopperObject;
+
+/* Stopper callback, phase 1, attached. */
+static void
+exitstopper_run(void *arg)
+{
+    ExitStopperObject *self = (ExitStopperObject *)arg;
+    if (atomic_exchange(&self->stopper, NULL) == NULL) {
+        return;    /* cancelled concurrently; cancel() frees the entry */
+    }
+    atomic_store(&self->ran, 1);
+    PyObject *r = PyObject_Call(self->callback, self->args, self->kwargs);
+    if (r == NULL) {
+        /* Goes to sys.unraisablehook; the other stoppers still run. */
+        PyErr_WriteUnraisable(self->callback);
+    }
+    Py_XDECREF(r);
+}
+
+/* The entry's reference to the ExitStopper, dropped when it is freed
+ * (after the run, or by cancel()).  Attached. */
+static void
+exitstopper_entry_dtor(void *arg)
+{
+    Py_DECREF((PyObject *)arg);
+}
+
+static PyObject *
+exitstopper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    eg__modstate *st = (eg__modstate *)PyType_GetModuleState(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError,
+                        "exit_stopper() missing required argument: "
+                        "'callback'");
+        return NULL;
+    }
+    PyObject *callback = PyTuple_GET_ITEM(args, 0);
+    if (!PyCallable_Check(callback)) {
+        PyErr_Format(PyExc_TypeError,
+                     "exit_stopper() callback must be callable, not %.200s",
+                     Py_TYPE(callback)->tp_name);
+        return NULL;
+    }
+    ExitStopperObject *self = (ExitStopperObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->callback = Py_NewRef(callback);
+    self->args = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    if (self->args == NULL) {
+        goto fail;
+    }
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) > 0) {
+        self->kwargs = PyDict_Copy(kwargs);
+        if (self->kwargs == NULL) {
+            goto fail;
+        }
+    }
+    eg__decref_maybe_drain(st->rec);
+    /* The registry entry owns one reference: an ExitStopper whose result
+     * the caller dropped must still run. */
+    Py_INCREF(self);
+    int err;
+    eg_stopper *s = eg__stopper_add_ex(st->rec, exitstopper_run, self,
+                                       exitstopper_entry_dtor, 1, &err);
+    if (s == NULL) {
+        Py_DECREF(self);
+        if (err == -ENOMEM) {
+            PyErr_NoMemory();
+        }
+        else {
+            PyErr_Format(PyExc_RuntimeError,
+                         "exit_stopper(): phase 1 has already run in this "
+                         "interpreter (exitguard is %s); stop the work "
+                         "directly instead",
+                         eg__state_name(atomic_load(&st->rec->state)));
+        }
+        goto fail;
+    }
+    atomic_store(&self->stopper, s);
+    return (PyObject *)self;
+
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+static int
+exitstopper_traverse(ExitStopperObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->callback);
+    Py_VISIT(self->args);
+    Py_VISIT(self->kwargs);
+    return 0;
+}
+
+static int
+exitstopper_clear(ExitStopperObject *self)
+{
+    Py_CLEAR(self->callback);
+    Py_CLEAR(self->args);
+    Py_CLEAR(self->kwargs);
+    return 0;
+}
+
+static void
+exitstopper_dealloc(ExitStopperObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    /* An active stopper's entry holds a reference, so we only get here once
+     * it ran or was cancelled. */
+    (void)exitstopper_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+PyDoc_STRVAR(exitstopper_cancel_doc,
+"cancel() -> bool\n\n"
+"Unregister the stopper.  Returns True if this call cancelled it, False if\n"
+"it had already run or been cancelled.  Thread-safe; idempotent.");
+
+static PyObject *
+exitstopper_cancel(ExitStopperObject *self, PyObject *Py_UNUSED(ignored))
+{
+    eg_stopper *s = atomic_exchange(&self->stopper, NULL);
+    if (s == NULL) {
+        Py_RETURN_FALSE;
+    }
+    /* Frees the entry, whose destructor drops its reference to self; the
+     * caller's reference keeps self alive through this call. */
+    eg_stopper_remove(s);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(exitstopper_after_doc,
+"after(first) -> None\n\n"
+"Run this stopper only after `first` (another active ExitStopper of the\n"
+"same interpreter) has run.  Raises TypeError for a non-ExitStopper and\n"
+"ValueError if either stopper is no longer active, or if the ordering\n"
+"would form a cycle.");
+
+static PyObject *
+exitstopper_after(ExitStopperObject *self, PyObject *first)
+{
+    if (!PyObject_TypeCheck(first, Py_TYPE(self))) {
+        PyErr_Format(PyExc_TypeError,
+                     "after() argument must be an ExitStopper, not %.200s",
+                     Py_TYPE(first)->tp_name);
+        return NULL;
+    }
+    /* XXX: on free-threaded builds a cancel() racing with after() on the
+     * same stopper could free the entry between these loads and the call;
+     * the GIL excludes that elsewhere. */
+    eg_stopper *a = atomic_load(&((ExitStopperObject *)first)->stopper);
+    eg_stopper *b = atomic_load(&self->stopper);
+    if (a == NULL || b == NULL) {
+        PyErr_SetString(PyExc_ValueError,
+                        "after(): both stoppers must still be active "
+                        "(not run, not cancelled)");
+        return NULL;
+    }
+    int rc = eg_stopper_after(a, b);
+    if (rc == -ENOMEM) {
+        return PyErr_NoMemory();
+    }
+    if (rc < 0) {
+        PyErr_Format(PyExc_ValueError, "after(): %s", eg_strerror(rc));
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+exitstopper_enter(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+exitstopper_exit(ExitStopperObject *self, PyObject *args)
+{
+    (void)args;
+    PyObject *r = exitstopper_cancel(self, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+exitstopper_get_active(ExitStopperObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(atomic_load(&self->stopper) != NULL);
+}
+
+static PyObject *
+exitstopper_get_ran(ExitStopperObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(atomic_load(&self->ran));
+}
+
+static PyObject *
+exitstopper_get_callback(ExitStopperObject *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->callback);
+}
+
+static PyObject *
+exitstopper_repr(ExitStopperObject *self)
+{
+    const char *what = atomic_load(&self->stopper) ? "active"
+                     : atomic_load(&self->ran) ? "ran" : "cancelled";
+    return PyUnicode_FromFormat("<exitguard.ExitStopper %R %s>",
+                                self->callback, what);
+}
+
+static PyMethodDef exitstopper_methods[] = {
+    {"cancel", (PyCFunction)exitstopper_cancel, METH_NOARGS,
+     exitstopper_cancel_doc},
+    {"after", (PyCFunction)exitstopper_after, METH_O, exitstopper_after_doc},
+    {"__enter__", (PyCFunction)exitstopper_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)exitstopper_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef exitstopper_getset[] = {
+    {"active", (getter)exitstopper_get_active, NULL,
+     "True until the stopper runs or is cancelled.", NULL},
+    {"ran", (getter)exitstopper_get_ran, NULL,
+     "True once phase 1 has called the callback.", NULL},
+    {"callback", (getter)exitstopper_get_callback, NULL,
+     "The callable given at registration.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(exitstopper_doc,
+"ExitStopper(callback, /, *args, **kwargs)\n\n"
+"Call callback(*args, **kwargs) in exitguard's phase 1 of this interpreter:\n"
+"at exit, before the interpreter joins non-daemon threads.  Stoppers run\n"
+"newest first, honouring after() orderings.  An exception in the callback\n"
+"goes to sys.unraisablehook and the other stoppers still run.  Use as a\n"
+"context manager to cancel on leaving the block.");
+
+static PyType_Slot exitstopper_slots[] = {
+    {Py_tp_new, exitstopper_new},
+    {Py_tp_dealloc, exitstopper_dealloc},
+    {Py_tp_traverse, exitstopper_traverse},
+    {Py_tp_clear, exitstopper_clear},
+    {Py_tp_repr, exitstopper_repr},
+    {Py_tp_methods, exitstopper_methods},
+    {Py_tp_getset, exitstopper_getset},
+    {Py_tp_doc, (void *)exitstopper_doc},
+    {0, NULL},
+};
+
+static PyType_Spec exitstopper_spec = {
+    .name = "exitguard.ExitStopper",
+    .basicsize = sizeof(ExitStopperObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+#if PY_VERSION_HEX >= 0x030A0000
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = exitstopper_slots,
+};
+
+/* ---- Module functions -------------------------------------------------------- */
+
+PyDoc_STRVAR(flush_doc,
+"flush() -> int\n\n"
+"Apply this interpreter's queued decrefs now; return how many.  Returns 0\n"
+"when another thread is already applying them.");
+
+static PyObject *
+eg_py_flush(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(eg__decref_drain_sc(eg__get_state(module)->rec));
+}
+
+PyDoc_STRVAR(state_doc,
+"state() -> str\n\n"
+"This interpreter's exitguard state: 'running', 'stopping' (phase 1 has\n"
+"begun), 'releasing' (phase 2 has begun) or 'stopped'.");
+
+static PyObject *
+eg_py_state(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__interp *in = eg__get_state(module)->rec;
+    return PyUnicode_FromString(eg__state_name(atomic_load(&in->state)));
+}
+
+static int
+eg__set_u64(PyObject *d, const char *key, uint64_t v)
+{
+    PyObject *o = PyLong_FromUnsignedLongLong((unsigned long long)v);
+    if (o == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(d, key, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+PyDoc_STRVAR(stats_doc,
+"stats() -> dict\n\n"
+"Counters of this interpreter's exitguard (see docs/api.md for each key).");
+
+static PyObject *
+eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__interp *in = eg__get_state(module)->rec;
+    eg__decref_queue *q = &in->queue;
+    int state = atomic_load(&in->state);
+    uint64_t pending = eg__decref_pending_count(in);
+    uint64_t dropped = atomic_load(&q->dropped);
+    if (state == EG_STOPPED) {
+        dropped += pending;     /* never applied now: leaked, counted */
+        pending = 0;
+    }
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *name = PyUnicode_FromString(eg__state_name(state));
+    if (name == NULL || PyDict_SetItemString(d, "state", name) < 0) {
+        Py_XDECREF(name);
+        goto fail;
+    }
+    Py_DECREF(name);
+    if (eg__set_u64(d, "refs_live", eg__registry_live(&in->refs)) < 0
+        || eg__set_u64(d, "refs_released_at_exit",
+                       atomic_load(&in->refs.swept)) < 0
+        || eg__set_u64(d, "decref_queued", pending) < 0
+        || eg__set_u64(d, "decref_applied", atomic_load(&q->applied)) < 0
+        || eg__set_u64(d, "decref_dropped", dropped) < 0
+        || eg__set_u64(d, "decref_spilled", atomic_load(&q->spilled)) < 0
+        || eg__set_u64(d, "pending_calls", atomic_load(&q->pending_calls)) < 0
+        || eg__set_u64(d, "stoppers", eg__stoppers_count(in)) < 0
+        || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
+        goto fail;
+    }
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *
+eg_py_phase1(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__phase1(eg__get_state(module)->rec);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+eg_py_phase2(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__phase2(eg__get_state(module)->rec);
+    Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(after_in_child=...): the child, attached.  Apply what
+ * the parent's threads had queued (valid objects of the main interpreter;
+ * their threads are gone). */
+static PyObject *
+eg_py_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__interp *in = eg__get_state(module)->rec;
+    if (in->is_main) {
+        (void)eg__decref_drain_sc(in);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef eg_methods[] = {
+    {"flush", eg_py_flush, METH_NOARGS, flush_doc},
+    {"state", eg_py_state, METH_NOARGS, state_doc},
+    {"stats", eg_py_stats, METH_NOARGS, stats_doc},
+    {"_phase1", eg_py_phase1, METH_NOARGS,
+     "exitguard's phase 1 (threading._register_atexit hook)."},
+    {"_phase2", eg_py_phase2, METH_NOARGS,
+     "exitguard's phase 2 (atexit hook)."},
+    {"_after_fork_child", eg_py_after_fork_child, METH_NOARGS,
+     "os.register_at_fork(after_in_child=...) hook."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---- The C API table ------------------------------------------------------------ */
+
+const eg_capi eg__capi = {
+    .abi_version = EG_ABI_VERSION,
+    .size = (uint32_t)sizeof(eg_capi),
+    .version_hex = EG_VERSION_HEX,
+    .reserved = 0,
+    .ref_new = eg_ref_new,
+    .ref_get = eg_ref_get,
+    .ref_release = eg_ref_release,
+    .decref = eg_decref,
+    .flush = eg_flush,
+    .stopper_add = eg_stopper_add,
+    .stopper_after = eg_stopper_after,
+    .stopper_remove = eg_stopper_remove,
+    .strerror = eg_strerror,
+};
+
+/* ---- Hooks ---------------------------------------------------------------------- */
+
+/* Register `fn` (a function of this module) with `modname.attr(fn)`.
+ * With `tolerate_runtime_error`, a RuntimeError (threading refuses
+ * registrations once it is shutting down) is swallowed: phase 2 then runs
+ * phase 1 itself. */
+static int
+eg__hook(PyObject *module, const char *fname, const char *modname,
+         const char *attr, int tolerate_runtime_error)
+{
+    int rc = -1;
+    PyObject *fn = PyObject_GetAttrString(module, fname);
+    PyObject *mod = fn ? PyImport_ImportModule(modname) : NULL;
+    PyObject *r = mod ? PyObject_CallMethod(mod, attr, "O", fn) : NULL;
+    if (r != NULL) {
+        rc = 0;
+    }
+    else if (tolerate_runtime_error
+             && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+        PyErr_Clear();
+        rc = 0;
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(mod);
+    Py_XDECREF(fn);
+    return rc;
+}
+
+static int
+eg__hook_fork(PyObject *module)
+{
+    PyObject *fn = PyObject_GetAttrString(module, "_after_fork_child");
+    PyObject *os = fn ? PyImport_ImportModule("os") : NULL;
+    PyObject *reg = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
+    PyObject *args = reg ? PyTuple_New(0) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{s:O}", "after_in_child", fn) : NULL;
+    PyObject *r = kw ? PyObject_Call(reg, args, kw) : NULL;
+    int rc = r ? 0 : -1;
+    Py_XDECREF(r);
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    Py_XDECREF(reg);
+    Py_XDECREF(os);
+    Py_XDECREF(fn);
+    return rc;
+}
+
+/* ---- Module lifecycle ---------------------------------------------------------- */
+
+static int
+eg_exec(PyObject *module)
+{
+    eg__modstate *st = eg__get_state(module);
+    eg__interps_process_init();
+    st->rec = eg__interp_acquire();
+    if (st->rec == NULL) {
+        return -1;
+    }
+    if (eg__register_atexit_ll() < 0) {
+        /* Py_AtExit's 32 slots are full: only the late-drop line and the
+         * abort exit status are lost; everything else still works. */
+        if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                         "exitguard: Py_AtExit() is full; late leak "
+                         "reports are disabled", 1) < 0) {
+            return -1;
+        }
+    }
+    st->ExitStopper_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &exitstopper_spec, NULL);
+    if (st->ExitStopper_Type == NULL
+        || PyModule_AddObjectRef(module, "ExitStopper",
+                                 (PyObject *)st->ExitStopper_Type) < 0) {
+        return -1;
+    }
+    PyObject *capsule = PyCapsule_New((void *)&eg__capi, "exitguard._C_API",
+                                      NULL);
+    if (capsule == NULL) {
+        return -1;
+    }
+    int rc = PyModule_AddObjectRef(module, "_C_API", capsule);
+    Py_DECREF(capsule);
+    if (rc < 0
+        || PyModule_AddStringConstant(module, "__version__",
+                                      EG_VERSION_STRING) < 0
+        || PyModule_AddIntConstant(module, "ABI_VERSION", EG_ABI_VERSION) < 0
+        || PyModule_AddIntConstant(module, "LEAK_EXIT_STATUS", 70) < 0) {
+        return -1;
+    }
+    /* Phase 1 before non-daemon threads are joined; importing threading
+     * also makes CPython call threading._shutdown() at exit at all.  Phase
+     * 2 from atexit.  Both idempotent. */
+    if (eg__hook(module, "_phase1", "threading", "_register_atexit", 1) < 0
+        || eg__hook(module, "_phase2", "atexit", "register", 0) < 0
+        || eg__hook_fork(module) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+eg_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    eg__modstate *st = (eg__modstate *)PyModule_GetState(module);
+    if (st != NULL) {
+        Py_VISIT(st->ExitStopper_Type);
+    }
+    return 0;
+}
+
+static int
+eg_clear(PyObject *module)
+{
+    eg__modstate *st = (eg__modstate *)PyModule_GetState(module);
+    if (st != NULL) {
+        Py_CLEAR(st->ExitStopper_Type);
+    }
+    return 0;
+}
+
+static void
+eg_free(void *module)
+{
+    eg__modstate *st = (eg__modstate *)PyModule_GetState((PyObject *)module);
+    (void)eg_clear((PyObject *)module);
+    if (st != NULL && st->rec != NULL) {
+        eg__interp_release(st->rec);
+        st->rec = NULL;
+    }
+}
+
+static PyModuleDef_Slot eg_slots[] = {
+    {Py_mod_exec, (void *)eg_exec},
+    EG_SLOT_MULTIPLE_INTERPRETERS
+    EG_SLOT_GIL
+    {0, NULL},
+};
+
+static struct PyModuleDef eg_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "exitguard._core",
+    .m_doc = "exitguard's C core: native references, deferred decrefs and "
+             "the two-phase exit stopper.",
+    .m_size = sizeof(eg__modstate),
+    .m_methods = eg_methods,
+    .m_slots = eg_slots,
+    .m_traverse = eg_traverse,
+    .m_clear = eg_clear,
+    .m_free = eg_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&eg_module);
+}

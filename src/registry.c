@@ -1,0 +1,402 @@
+/*
+ * registry.c -- native references (eg_ref): strong references that native
+ * code holds, registered per interpreter so that phase 2 can release every
+ * one still held while the interpreter is whole.  Also the two small entry
+ * points built on the queue: eg_decref() and eg_flush().
+ *
+ * CAUTION: eg_ref_release() and the slot free list run on any thread, with
+ * no thread state, at any time -- also after Py_FinalizeEx().  That path
+ * uses atomics and the queue's GIL-free push only; it calls Py_DECREF only
+ * when the caller is attached to the reference's own interpreter.
+ *
+ * DESIGN
+ *
+ * An eg_ref is a slot in its interpreter's registry.  Slots live in chunks
+ * that double in size (never freed, like the record: a release may come at
+ * any time) and are recycled through a lock-free free list whose head
+ * carries an ABA tag.  Registering is a pop plus a store; releasing is an
+ * exchange of the object pointer plus a push -- three atomic operations per
+ * new/release pair and no lock.  There is no list of live references: phase
+ * 2 scans the chunks, taking each object with the same atomic exchange that
+ * eg_ref_release() uses, so whichever comes first releases the object and
+ * the other sees NULL.
+ *
+ *   operation            | runs on                 | concurrent with
+ *   ---------------------+-------------------------+---------------------------
+ *   eg_ref_new (pop)     | attached                | pops, pushes, growth
+ *   eg_ref_release(push) | any thread              | everything
+ *   grow                 | attached, grow_lock     | pops and pushes
+ *   sweep                | phase 2, attached       | releases (exchange decides)
+ *   live count           | any                     | everything (approximate)
+ *
+ * A slot's next_free is read by a pop that may lose its CAS to a
+ * concurrent pop of the same slot; the value it read is then discarded, and
+ * the tag makes the CAS fail even if the head index came back (ABA).
+ */
+#include "eg_internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+
+/* ---- Slot addressing ------------------------------------------------------- */
+
+static inline uint32_t
+eg__chunk_of(uint32_t index, uint32_t *offset)
+{
+    uint64_t j = (uint64_t)index + EG_REF_CHUNK0;
+    uint32_t k = (uint32_t)(63 - __builtin_clzll(j)) - EG_REF_CHUNK0_LOG2;
+    *offset = (uint32_t)(j - ((uint64_t)EG_REF_CHUNK0 << k));
+    return k;
+}
+
+static inline eg_ref *
+eg__slot(eg__registry *reg, uint32_t index)
+{
+    uint32_t off;
+    uint32_t k = eg__chunk_of(index, &off);
+    /* Relaxed is enough: every index we can see came through the free
+     * list, whose release/acquire CAS ordered the chunk's publication. */
+    return atomic_load_explicit(&reg->chunks[k], memory_order_relaxed) + off;
+}
+
+static inline uint64_t
+eg__free_head(uint64_t old_head, uint32_t index_plus_1)
+{
+    return (((old_head >> 32) + 1) << 32) | index_plus_1;
+}
+
+/* ---- Free list ------------------------------------------------------------ */
+
+/* Push a chain first..last (linked through next_free) onto the free list. */
+static void
+eg__free_push_chain(eg__registry *reg, eg_ref *first, eg_ref *last)
+{
+    uint64_t head = atomic_load_explicit(&reg->free_head, memory_order_relaxed);
+    do {
+        atomic_store_explicit(&last->next_free, (uint32_t)head,
+                              memory_order_relaxed);
+        /* Release: the slot's link (and, for new chunks, the chunk) is
+         * visible to the pop that acquires this head. */
+    } while (!atomic_compare_exchange_weak_explicit(
+                 &reg->free_head, &head,
+                 eg__free_head(head, first->index + 1),
+                 memory_order_release, memory_order_relaxed));
+}
+
+/* Add a chunk.  Attached.  Returns 0, or -ENOMEM. */
+static EG_NOINLINE int
+eg__grow(eg__interp *in)
+{
+    eg__registry *reg = &in->refs;
+    int rc = 0;
+    eg__mutex_lock(&reg->grow_lock);
+    if ((uint32_t)atomic_load_explicit(&reg->free_head,
+                                       memory_order_acquire) != 0) {
+        goto done;     /* another thread grew it, or slots came back */
+    }
+    uint32_t k = atomic_load_explicit(&reg->nchunks, memory_order_relaxed);
+    if (k >= EG_REF_MAX_CHUNKS) {
+        rc = -ENOMEM;
+        goto done;
+    }
+    uint32_t n = EG_REF_CHUNK0 << k;
+    uint32_t base = (EG_REF_CHUNK0 << k) - EG_REF_CHUNK0;
+    eg_ref *chunk = calloc(n, sizeof(eg_ref));
+    if (chunk == NULL) {
+        rc = -ENOMEM;
+        goto done;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        chunk[i].interp = in;
+        chunk[i].index = base + i;
+        atomic_init(&chunk[i].next_free, base + i + 2);
+    }
+    atomic_store_explicit(&reg->chunks[k], chunk, memory_order_release);
+    atomic_store_explicit(&reg->nchunks, k + 1, memory_order_release);
+    eg__free_push_chain(reg, &chunk[0], &chunk[n - 1]);
+done:
+    eg__mutex_unlock(&reg->grow_lock);
+    return rc;
+}
+
+static eg_ref *
+eg__ref_alloc(eg__interp *in)
+{
+    eg__registry *reg = &in->refs;
+    uint64_t head = atomic_load_explicit(&reg->free_head, memory_order_acquire);
+    for (;;) {
+        uint32_t ip1 = (uint32_t)head;
+        if (EG_UNLIKELY(ip1 == 0)) {
+            if (eg__grow(in) < 0) {
+                return NULL;
+            }
+            head = atomic_load_explicit(&reg->free_head, memory_order_acquire);
+            continue;
+        }
+        eg_ref *s = eg__slot(reg, ip1 - 1);
+        uint32_t next = atomic_load_explicit(&s->next_free,
+                                             memory_order_relaxed);
+        /* Acquire on success pairs with the push that made s the head. */
+        if (atomic_compare_exchange_weak_explicit(
+                &reg->free_head, &head, eg__free_head(head, next),
+                memory_order_acquire, memory_order_acquire)) {
+            return s;
+        }
+    }
+}
+
+static inline void
+eg__ref_free(eg__registry *reg, eg_ref *s)
+{
+    eg__free_push_chain(reg, s, s);
+}
+
+/* ---- Public API ---------------------------------------------------------- */
+
+eg_ref *
+eg_ref_new(PyObject *obj)
+{
+    if (obj == NULL) {
+        PyErr_SetString(PyExc_TypeError, "eg_ref_new: obj is NULL");
+        return NULL;
+    }
+    eg__interp *in = eg__interp_current();
+    if (in == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "eg_ref_new: exitguard is not imported in this "
+                        "interpreter (call eg_import() in module exec)");
+        return NULL;
+    }
+    int state = atomic_load_explicit(&in->state, memory_order_acquire);
+    if (state >= EG_RELEASING) {
+        goto closed;
+    }
+    eg__decref_maybe_drain(in);
+
+    eg_ref *s = eg__ref_alloc(in);
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+#ifdef EG_DEBUG
+    atomic_store_explicit(&s->live, 1, memory_order_relaxed);
+#endif
+    /* seq_cst store, then seq_cst load of the state: pairs with phase 2,
+     * which stores RELEASING and then sweeps.  Either the sweep sees this
+     * object, or we see RELEASING and take it back -- or both, and the
+     * exchange lets exactly one of us release it. */
+    atomic_store_explicit(&s->obj, Py_NewRef(obj), memory_order_seq_cst);
+    if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_seq_cst)
+                    >= EG_RELEASING)) {
+        PyObject *back = atomic_exchange_explicit(&s->obj, NULL,
+                                                  memory_order_acq_rel);
+        Py_XDECREF(back);
+#ifdef EG_DEBUG
+        atomic_store_explicit(&s->live, 0, memory_order_relaxed);
+#endif
+        eg__ref_free(&in->refs, s);
+        goto closed;
+    }
+    return s;
+
+closed:
+    PyErr_Format(PyExc_RuntimeError,
+                 "eg_ref_new: exitguard is %s in this interpreter; "
+                 "references are closed once phase 2 has begun",
+                 eg__state_name(atomic_load(&in->state)));
+    return NULL;
+}
+
+PyObject *
+eg_ref_get(const eg_ref *ref)
+{
+    if (ref == NULL) {
+        return NULL;
+    }
+    /* Acquire pairs with the seq_cst store in eg_ref_new for a reference
+     * handed to another attached thread (free-threaded builds). */
+    return atomic_load_explicit(&((eg_ref *)ref)->obj, memory_order_acquire);
+}
+
+void
+eg_ref_release(eg_ref *ref)
+{
+    if (ref == NULL) {
+        return;
+    }
+#ifdef EG_DEBUG
+    if (atomic_exchange_explicit(&ref->live, 0, memory_order_relaxed) != 1) {
+        eg__fatal("eg_ref_release() called on an eg_ref that was already "
+                  "released (double release), or on a pointer that is not "
+                  "an eg_ref");
+    }
+#endif
+    eg__interp *in = ref->interp;
+    /* The exchange decides between this release and the phase 2 sweep. */
+    PyObject *obj = atomic_exchange_explicit(&ref->obj, NULL,
+                                             memory_order_acq_rel);
+    if (obj != NULL) {
+        if (eg__attached_to(in)) {
+            Py_DECREF(obj);
+        }
+        else {
+            eg__decref_push_mp(in, obj);
+        }
+    }
+    eg__ref_free(&in->refs, ref);
+}
+
+/* Decrefs from threads that are not attached while exitguard has never
+ * been imported in the main interpreter: nowhere to apply them. */
+static _Atomic uint64_t eg__orphan_decrefs;
+
+void
+eg_decref(PyObject *obj)
+{
+    if (obj == NULL) {
+        return;
+    }
+    if (eg__tstate_attached() != NULL) {
+        Py_DECREF(obj);
+        return;
+    }
+    eg__interp *main_rec = atomic_load_explicit(&eg__main_record,
+                                                memory_order_acquire);
+    if (EG_UNLIKELY(main_rec == NULL)) {
+        atomic_fetch_add_explicit(&eg__orphan_decrefs, 1,
+                                  memory_order_relaxed);
+        return;
+    }
+    eg__decref_push_mp(main_rec, obj);
+}
+
+Py_ssize_t
+eg_flush(void)
+{
+    eg__interp *in = eg__interp_current();
+    if (in == NULL) {
+        return 0;
+    }
+    return eg__decref_drain_sc(in);
+}
+
+/* ---- Registry maintenance ------------------------------------------------ */
+
+void
+eg__registry_init(eg__registry *reg)
+{
+    memset(reg, 0, sizeof(*reg));
+    if (pthread_mutex_init(&reg->grow_lock, NULL) != 0) {
+        abort();
+    }
+}
+
+void
+eg__registry_after_fork_child(eg__registry *reg)
+{
+    if (pthread_mutex_init(&reg->grow_lock, NULL) != 0) {
+        abort();
+    }
+}
+
+uint64_t
+eg__registry_live(eg__registry *reg)
+{
+    uint64_t live = 0;
+    uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
+                                            memory_order_acquire);
+    for (uint32_t k = 0; k < nchunks; k++) {
+        eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
+                                             memory_order_acquire);
+        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+            live += atomic_load_explicit(&chunk[i].obj,
+                                         memory_order_relaxed) != NULL;
+        }
+    }
+    return live;
+}
+
+static void
+eg__tally(PyObject *tally, PyObject *obj)
+{
+    PyObject *key = PyUnicode_FromString(Py_TYPE(obj)->tp_name);
+    if (key == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyObject *old = PyDict_GetItemWithError(tally, key);   /* borrowed */
+    long count = old ? PyLong_AsLong(old) : 0;
+    PyObject *val = PyLong_FromLong(count + 1);
+    if (val == NULL || PyDict_SetItem(tally, key, val) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(val);
+    Py_DECREF(key);
+}
+
+int
+eg__registry_sweep(eg__interp *in, PyObject *tally)
+{
+    eg__registry *reg = &in->refs;
+    uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
+                                            memory_order_acquire);
+    for (uint32_t k = 0; k < nchunks; k++) {
+        eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
+                                             memory_order_acquire);
+        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+            if (atomic_load_explicit(&chunk[i].obj,
+                                     memory_order_relaxed) == NULL) {
+                continue;
+            }
+            PyObject *obj = atomic_exchange_explicit(&chunk[i].obj, NULL,
+                                                     memory_order_acq_rel);
+            if (obj == NULL) {
+                continue;   /* its owner released it first */
+            }
+            atomic_fetch_add_explicit(&reg->swept, 1, memory_order_relaxed);
+            if (tally != NULL) {
+                eg__tally(tally, obj);
+            }
+            Py_DECREF(obj);
+        }
+    }
+    return 0;
+}
+
+/* ---- Errors ---------------------------------------------------------------- */
+
+void
+eg__fatal(const char *msg)
+{
+    fprintf(stderr, "exitguard: fatal: %s\n", msg);
+    fflush(stderr);
+    abort();
+}
+
+const char *
+eg_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+    case -EINVAL:
+        return "invalid argument";
+    case -ENOMEM:
+        return "out of memory";
+    case -ESHUTDOWN:
+        return "exitguard is stopping or has stopped in this interpreter";
+    case -ETIMEDOUT:
+        return "timed out";
+    case -EDEADLK:
+        return "the ordering would form a cycle";
+    case -EALREADY:
+        return "already running or done";
+    case -EAGAIN:
+        return "resource temporarily unavailable";
+    case -EBUSY:
+        return "busy";
+    default:
+        return "unknown exitguard error";
+    }
+}
