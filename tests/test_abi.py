@@ -1,0 +1,69 @@
+"""eg_import(): the capsule check names both versions on a mismatch."""
+
+import os
+import textwrap
+
+from conftest import assert_clean
+
+FAKE = '''
+import ctypes
+class Table(ctypes.Structure):
+    _fields_ = [("abi_version", ctypes.c_uint32), ("size", ctypes.c_uint32),
+                ("version_hex", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
+                ("slots", ctypes.c_void_p * 64)]
+_table = Table(%(abi)d, %(size)d, (7 << 16) | (3 << 8) | 1, 0)
+PyCapsule_New = ctypes.pythonapi.PyCapsule_New
+PyCapsule_New.restype = ctypes.py_object
+PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+_C_API = PyCapsule_New(ctypes.addressof(_table), b"exitguard._C_API", None)
+'''
+
+
+def _fake_pkg(tmp_path, abi, size):
+    pkg = tmp_path / "fake" / "exitguard"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE % dict(abi=abi, size=size))
+    return str(tmp_path / "fake")
+
+
+def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
+    fake = _fake_pkg(tmp_path, abi=99, size=4096)
+    res = run_py(
+        """
+        import sys, json
+        sys.path.insert(0, %r)
+        try:
+            import egtest
+            print(json.dumps({"error": None}))
+        except ImportError as e:
+            print(json.dumps({"error": str(e)}))
+        """ % fake
+    )
+    assert_clean(res)
+    msg = res.data["error"]
+    assert msg is not None
+    assert "ABI 1" in msg and "ABI 99" in msg, msg
+    assert "exitguard 0.1.0" in msg and "exitguard 7.3.1" in msg, msg
+
+
+def test_smaller_table_is_refused(run_py, tmp_path):
+    fake = _fake_pkg(tmp_path, abi=1, size=16)
+    res = run_py(
+        """
+        import sys, json
+        sys.path.insert(0, %r)
+        try:
+            import egtest
+            print(json.dumps({"error": None}))
+        except ImportError as e:
+            print(json.dumps({"error": str(e)}))
+        """ % fake
+    )
+    assert_clean(res)
+    assert "table of 16 bytes" in res.data["error"]
+
+
+def test_matching_abi_imports(run_py):
+    res = run_py("import egtest, exitguard, json; print(json.dumps({'abi': egtest.ABI_VERSION, 'runtime': exitguard.ABI_VERSION}))")
+    assert_clean(res)
+    assert res.data["abi"] == res.data["runtime"]
