@@ -21,6 +21,17 @@
 #include <string.h>
 #include <time.h>
 
+#if PY_VERSION_HEX < 0x030A0000
+/* Py_NewRef arrived in 3.10 (bpo-42262). */
+static inline PyObject *
+egtest_newref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#  define Py_NewRef egtest_newref
+#endif
+
 static PyObject *
 handle_to_py(void *p)
 {
