@@ -56,6 +56,20 @@ typedef struct eg_ref eg_ref;
 /* A registered exit stopper.  Opaque. */
 typedef struct eg_stopper eg_stopper;
 
+/* A handle on an interpreter that imported exitguard.  Opaque; it stays
+ * valid after its interpreter is gone (calls then report -ESHUTDOWN). */
+typedef struct eg_interp eg_interp;
+
+/* A native thread registered with exitguard.  Opaque. */
+typedef struct eg_thread eg_thread;
+
+/* The state of one eg_gil_ensure() call, to pass to eg_gil_release().  The
+ * caller provides the storage (usually on its stack); the fields are
+ * private. */
+typedef struct eg_gil {
+    void *eg__private[4];
+} eg_gil;
+
 /*
  * The function table behind the "exitguard._C_API" capsule.  The first two
  * fields never move; slots are only ever appended, and a retired slot stays
@@ -76,6 +90,20 @@ typedef struct eg_capi {
     int (*stopper_after)(eg_stopper *first, eg_stopper *then);
     void (*stopper_remove)(eg_stopper *s);
     const char *(*strerror)(int err);
+    /* ABI 1, added in 0.1.0 with the attach gate: */
+    eg_interp *(*interp_current)(void);
+    eg_interp *(*interp_main)(void);
+    void (*interp_close)(eg_interp *h);
+    int (*gil_ensure)(eg_interp *h, eg_gil *st);
+    void (*gil_release)(eg_gil *st);
+    int (*thread_start)(eg_thread **out, const char *name,
+                        void (*run)(void *arg), void (*request_stop)(void *arg),
+                        void *arg);
+    int (*thread_join)(eg_thread *t, double timeout_s);
+    int (*thread_stop_requested)(void);
+    int (*thread_adopt)(eg_thread **out, const char *name,
+                        void (*request_stop)(void *arg),
+                        int (*join)(void *arg, double timeout_s), void *arg);
 } eg_capi;
 
 #if defined(EG_BUILDING)
@@ -186,6 +214,107 @@ EG_FUNC int eg_stopper_after(eg_stopper *first, eg_stopper *then);
 EG_FUNC void eg_stopper_remove(eg_stopper *s);
 
 /* ------------------------------------------------------------------------
+ * Interpreters and the attach gate
+ *
+ * Each interpreter that imports exitguard has a gate: OPEN until its phase
+ * 2 begins, then CLOSING (no new attach; phase 2 waits, GIL released, for
+ * the threads inside to leave) and CLOSED.  eg_gil_ensure() enters the gate
+ * before it touches CPython and eg_gil_release() leaves it, so a native
+ * thread never reaches PyEval_RestoreThread() once finalization can have
+ * begun: no pthread_exit (3.9-3.13.7), no thread parked forever (3.13.8+,
+ * 3.14), no crash after Py_FinalizeEx() -- it gets -ESHUTDOWN instead.
+ */
+
+/* eg_interp_current: a new handle on the calling thread's interpreter.
+ * Thread: attached.
+ * Returns the handle, or NULL with an exception set (MemoryError, or
+ *   RuntimeError when exitguard is not imported in this interpreter).
+ * Pair: eg_interp_close(). */
+EG_FUNC eg_interp *eg_interp_current(void);
+
+/* eg_interp_main: a new handle on the main interpreter.
+ * Thread: any thread; no exception is ever set.
+ * Returns the handle, or NULL when out of memory or when exitguard was
+ *   never imported in the main interpreter.
+ * Pair: eg_interp_close(). */
+EG_FUNC eg_interp *eg_interp_main(void);
+
+/* eg_interp_close: free a handle.  Thread: any thread, any time, also after
+ *   the interpreter is gone.  NULL is a no-op. */
+EG_FUNC void eg_interp_close(eg_interp *h);
+
+/* eg_gil_ensure: attach the calling thread to h's interpreter (NULL: the
+ *   main interpreter), through its gate.
+ * Thread: any thread.  Not async-signal-safe.
+ * Returns 0: attached to exactly that interpreter (the GIL held), until
+ *   eg_gil_release(st).  -ESHUTDOWN: the interpreter is stopping or gone,
+ *   or this thread was abandoned at exit: do not touch Python.  -ENOMEM: no
+ *   thread state could be created.  It never hangs on a dead interpreter,
+ *   never exits the thread, never crashes.
+ * Nests: a thread already attached to that interpreter gets 0 at once; a
+ *   thread attached to another interpreter is detached from it and
+ *   re-attached by the matching release.  The thread state is cached per
+ *   (OS thread, interpreter) and deleted when the thread ends or in the
+ *   interpreter's phase 2.  Drains the interpreter's decref queue.
+ * Pair: eg_gil_release(st) on the same thread, in LIFO order. */
+EG_FUNC int eg_gil_ensure(eg_interp *h, eg_gil *st);
+
+/* eg_gil_release: undo a successful eg_gil_ensure(st).
+ * Thread: the thread that called eg_gil_ensure(st).  Must not be called
+ *   after a failed eg_gil_ensure. */
+EG_FUNC void eg_gil_release(eg_gil *st);
+
+/* ------------------------------------------------------------------------
+ * Native threads
+ */
+
+/* eg_thread_start: start a native thread running run(arg), registered in
+ *   the current interpreter.
+ * Thread: attached.  The OS thread is named `name` (first 15 bytes).
+ * run(arg) runs without the GIL; it attaches with eg_gil_ensure() when it
+ *   needs Python, and checks eg_thread_stop_requested() in its loop.  In
+ *   phase 1 exitguard calls request_stop(arg) (may be NULL; called without
+ *   the GIL, from the thread running the phase: it must not block or touch
+ *   Python), then joins the thread with the GIL released, waiting at most
+ *   EXITGUARD_JOIN_TIMEOUT seconds (default 10); a thread still running
+ *   then is named on stderr, is never allowed to attach again, and exit
+ *   goes on without it.
+ * Returns 0 and *out; -EINVAL (NULL out or run), -ESHUTDOWN (phase 1 has
+ *   begun), -ENOMEM, -EAGAIN (the OS refused a thread).
+ * Pair: eg_thread_join(), which frees the handle once the thread ended. */
+EG_FUNC int eg_thread_start(eg_thread **out, const char *name,
+                            void (*run)(void *arg),
+                            void (*request_stop)(void *arg), void *arg);
+
+/* eg_thread_join: wait for a registered thread to end and free its handle.
+ * Thread: any thread but t itself; releases the GIL while it waits when the
+ *   caller is attached.  timeout_s < 0 waits forever.
+ * Returns 0 (the thread ended -- also when phase 1 joined it already; t is
+ *   freed), -ETIMEDOUT (t is still valid), -EINVAL (NULL t, NaN timeout, or
+ *   t is the calling thread).  For an adopted thread, calls its join
+ *   callback. */
+EG_FUNC int eg_thread_join(eg_thread *t, double timeout_s);
+
+/* eg_thread_stop_requested: 1 once exitguard (phase 1) asked the calling
+ *   registered thread to stop, else 0 (also for unregistered threads).
+ * Thread: any thread; async-signal-safe (one atomic load). */
+EG_FUNC int eg_thread_stop_requested(void);
+
+/* eg_thread_adopt: register a thread that third-party code created and
+ *   owns, so that phase 1 stops and joins it like one of ours.
+ * Thread: attached.
+ * In phase 1 exitguard calls request_stop(arg) then join(arg, timeout_s)
+ *   (GIL released; join returns 0 once the thread has ended, or
+ *   -ETIMEDOUT); a thread that does not end in time is named on stderr.
+ * Returns 0 and *out; -EINVAL (NULL out or join), -ESHUTDOWN, -ENOMEM.
+ * Pair: eg_thread_join(), which calls join(arg, ...) and, on success,
+ *   unregisters and frees the handle. */
+EG_FUNC int eg_thread_adopt(eg_thread **out, const char *name,
+                            void (*request_stop)(void *arg),
+                            int (*join)(void *arg, double timeout_s),
+                            void *arg);
+
+/* ------------------------------------------------------------------------
  * Errors
  */
 
@@ -251,6 +380,29 @@ static inline void eg_stopper_remove(eg_stopper *s)
 { eg__capi_table->stopper_remove(s); }
 static inline const char *eg_strerror(int err)
 { return eg__capi_table->strerror(err); }
+static inline eg_interp *eg_interp_current(void)
+{ return eg__capi_table->interp_current(); }
+static inline eg_interp *eg_interp_main(void)
+{ return eg__capi_table->interp_main(); }
+static inline void eg_interp_close(eg_interp *h)
+{ eg__capi_table->interp_close(h); }
+static inline int eg_gil_ensure(eg_interp *h, eg_gil *st)
+{ return eg__capi_table->gil_ensure(h, st); }
+static inline void eg_gil_release(eg_gil *st)
+{ eg__capi_table->gil_release(st); }
+static inline int eg_thread_start(eg_thread **out, const char *name,
+                                  void (*run)(void *arg),
+                                  void (*request_stop)(void *arg), void *arg)
+{ return eg__capi_table->thread_start(out, name, run, request_stop, arg); }
+static inline int eg_thread_join(eg_thread *t, double timeout_s)
+{ return eg__capi_table->thread_join(t, timeout_s); }
+static inline int eg_thread_stop_requested(void)
+{ return eg__capi_table->thread_stop_requested(); }
+static inline int eg_thread_adopt(eg_thread **out, const char *name,
+                                  void (*request_stop)(void *arg),
+                                  int (*join)(void *arg, double timeout_s),
+                                  void *arg)
+{ return eg__capi_table->thread_adopt(out, name, request_stop, join, arg); }
 
 #endif /* !EG_BUILDING */
 

@@ -220,6 +220,63 @@ eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
                                int auto_free, int *err);
 size_t eg__stoppers_count(eg__interp *in);
 
+/* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
+
+/* gate word: bits 62-63 the state, bits 0-61 the threads inside. */
+#define EG_GATE_OPEN    0ull
+#define EG_GATE_CLOSING 1ull
+#define EG_GATE_CLOSED  2ull
+#define EG_GATE_SHIFT   62
+#define EG_GATE_COUNT   ((1ull << EG_GATE_SHIFT) - 1)
+
+typedef struct eg__tsentry eg__tsentry;
+
+typedef struct {
+    _Atomic uint64_t word;
+    pthread_mutex_t lock;          /* with `left`: phase 2 waits here */
+    pthread_cond_t left;
+    _Atomic uint64_t attach_ok;
+    _Atomic uint64_t attach_refused;
+    pthread_mutex_t ts_lock;       /* protects the entry list */
+    eg__tsentry *entries;          /* cached thread states, all threads */
+} eg__gate;
+
+void eg__gate_init(eg__gate *g);
+void eg__gate_after_fork_child(eg__interp *in);
+/* Any thread: 0 inside, or -ESHUTDOWN once the gate is not OPEN. */
+int eg__gate_enter(eg__gate *g);
+void eg__gate_leave(eg__gate *g);
+/* Phase 2, attached: close, wait (GIL released, bounded) for the threads
+ * inside to leave, then delete every cached thread state no thread is
+ * using.  Returns how many threads were still inside at the deadline. */
+uint64_t eg__gate_close(eg__interp *in, double timeout_s);
+const char *eg__gate_state_name(eg__gate *g);
+
+/* ---- Native threads (thread.c) ------------------------------------------- */
+
+typedef struct {
+    pthread_mutex_t lock;          /* protects everything below */
+    pthread_cond_t cond;           /* a thread finished or was reaped */
+    struct eg_thread *first;
+    size_t live;                   /* registered and not yet ended */
+    int closed;                    /* phase 1 began: no new threads */
+} eg__threads;
+
+void eg__threads_init(eg__threads *th);
+void eg__threads_after_fork_child(eg__threads *th);
+/* Phase 1, attached: ask every registered thread to stop and join them,
+ * GIL released, within timeout_s in all; name the ones that did not end. */
+void eg__threads_stop_all(eg__interp *in, double timeout_s);
+size_t eg__threads_live(eg__interp *in);
+/* The calling thread was abandoned at exit: it may not attach again. */
+int eg__thread_self_abandoned(void);
+
+/* EXITGUARD_JOIN_TIMEOUT in seconds (default 10), read once per process. */
+extern double eg__join_timeout;
+
+/* Absolute CLOCK_MONOTONIC deadline `seconds` from now (< 0: none). */
+struct timespec eg__deadline(double seconds);
+
 /* ---- The per-interpreter record (interp.c) ------------------------------- */
 
 struct eg__interp {
@@ -232,6 +289,8 @@ struct eg__interp {
     int nmodules;                   /* under eg__records_lock */
     struct eg__interp *next_record; /* under eg__records_lock */
     eg__stoppers stoppers;
+    eg__gate gate;
+    eg__threads threads;
     eg__registry refs;              /* large: keep last */
 };
 

@@ -92,6 +92,8 @@ eg__interp_acquire(void)
     eg__decref_queue_init(&in->queue);
     eg__registry_init(&in->refs);
     eg__stoppers_init(&in->stoppers);
+    eg__gate_init(&in->gate);
+    eg__threads_init(&in->threads);
     atomic_init(&in->state, EG_RUNNING);
     atomic_init(&in->pyinterp, pyinterp);
     in->id = id;
@@ -140,6 +142,8 @@ eg__atfork_child(void)
         eg__decref_after_fork_child(in);
         eg__registry_after_fork_child(&in->refs);
         eg__stoppers_after_fork_child(&in->stoppers);
+        eg__gate_after_fork_child(in);
+        eg__threads_after_fork_child(&in->threads);
         if (!in->is_main
                 && atomic_load_explicit(&in->pyinterp,
                                         memory_order_relaxed) != NULL) {

@@ -375,6 +375,12 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         goto fail;
     }
     Py_DECREF(name);
+    name = PyUnicode_FromString(eg__gate_state_name(&in->gate));
+    if (name == NULL || PyDict_SetItemString(d, "gate", name) < 0) {
+        Py_XDECREF(name);
+        goto fail;
+    }
+    Py_DECREF(name);
     if (eg__set_u64(d, "refs_live", eg__registry_live(&in->refs)) < 0
         || eg__set_u64(d, "refs_released_at_exit",
                        atomic_load(&in->refs.swept)) < 0
@@ -384,6 +390,10 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "decref_spilled", atomic_load(&q->spilled)) < 0
         || eg__set_u64(d, "pending_calls", atomic_load(&q->pending_calls)) < 0
         || eg__set_u64(d, "stoppers", eg__stoppers_count(in)) < 0
+        || eg__set_u64(d, "threads_live", eg__threads_live(in)) < 0
+        || eg__set_u64(d, "attach_ok", atomic_load(&in->gate.attach_ok)) < 0
+        || eg__set_u64(d, "attach_refused",
+                       atomic_load(&in->gate.attach_refused)) < 0
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
         goto fail;
     }
@@ -449,6 +459,15 @@ const eg_capi eg__capi = {
     .stopper_after = eg_stopper_after,
     .stopper_remove = eg_stopper_remove,
     .strerror = eg_strerror,
+    .interp_current = eg_interp_current,
+    .interp_main = eg_interp_main,
+    .interp_close = eg_interp_close,
+    .gil_ensure = eg_gil_ensure,
+    .gil_release = eg_gil_release,
+    .thread_start = eg_thread_start,
+    .thread_join = eg_thread_join,
+    .thread_stop_requested = eg_thread_stop_requested,
+    .thread_adopt = eg_thread_adopt,
 };
 
 /* ---- Hooks ---------------------------------------------------------------------- */

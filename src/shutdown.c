@@ -23,11 +23,14 @@
  *                                              _register_atexit refused us)
  *
  *   RUNNING    everything works.
- *   STOPPING   exit stoppers run / have run; references and decrefs still
- *              work, and stoppers added by stoppers still run.
- *   RELEASING  new references are refused (RuntimeError); Py_AddPendingCall
- *              is no longer requested; the queue is applied and every
- *              registered object released.
+ *   STOPPING   exit stoppers run / have run, then registered native threads
+ *              are asked to stop and joined (GIL released); references,
+ *              decrefs and attaches still work, and stoppers added by
+ *              stoppers still run.
+ *   RELEASING  the attach gate closes (gate.c): new attaches fail, and the
+ *              threads inside are waited for; new references are refused
+ *              (RuntimeError); Py_AddPendingCall is no longer requested;
+ *              the queue is applied and every registered object released.
  *   STOPPED    exitguard never touches this interpreter's objects again: a
  *              decref queued now is counted as dropped and leaked, exactly
  *              what CPython does itself for a thread that starts after
@@ -75,6 +78,10 @@ eg__phase1(eg__interp *in)
         return;                 /* already stopping or stopped */
     }
     eg__stoppers_run(in);
+    /* Then the registered native threads, after the stoppers: a stopper
+     * may be what unblocks them.  They may still attach while finishing:
+     * the gate stays open until phase 2. */
+    eg__threads_stop_all(in, eg__join_timeout);
 }
 
 static void
@@ -132,6 +139,10 @@ eg__phase2(eg__interp *in)
         Py_END_ALLOW_THREADS
     }
 
+    /* Close the gate before releasing anything: from here no native thread
+     * can attach, and the ones inside have left (or were named). */
+    (void)eg__gate_close(in, eg__join_timeout);
+
     PyObject *tally = eg__leak_mode ? PyDict_New() : NULL;
     PyErr_Clear();
     (void)eg__decref_drain_all(in);
@@ -177,6 +188,19 @@ eg__atexit_ll(void)
 void
 eg__shutdown_process_init(void)
 {
+    const char *t = getenv("EXITGUARD_JOIN_TIMEOUT");
+    if (t != NULL && *t) {
+        char *end;
+        double d = strtod(t, &end);
+        if (*end == '\0' && d >= 0 && d <= 1e6) {
+            eg__join_timeout = d;
+        }
+        else {
+            fprintf(stderr, "exitguard: invalid EXITGUARD_JOIN_TIMEOUT '%s' "
+                    "(expected seconds, 0 to 1e6); using %.1f\n", t,
+                    eg__join_timeout);
+        }
+    }
     const char *v = getenv("EXITGUARD_LEAKS");
     if (v == NULL || !*v || !strcmp(v, "0") || !strcmp(v, "off")) {
         eg__leak_mode = 0;

@@ -40,3 +40,45 @@ def test_queued_decrefs_survive_fork(run_py):
     assert d["child_freed"] == 5000, res.describe()
     assert d["child_total"] == 5100
     assert d["parent_freed"] == 5000
+
+
+def test_fork_200_times_under_native_load(run_py):
+    """4 native threads attach and decref at a high rate while the main thread forks
+    200 times; every child uses exitguard normally (references, native decrefs, a
+    flush, a normal exit with its two phases) and exits 0."""
+    res = run_py(
+        """
+        import scenario, exitguard, egtest, os, sys, json, time, warnings
+        warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
+        egtest.churn_threads(4)
+        while egtest.churned() < 1000:
+            time.sleep(0.001)
+        statuses = []
+        for i in range(200):
+            pid = os.fork()
+            if pid == 0:
+                scenario.freed = 0
+                hs = [egtest.ref_new(scenario.Tracked()) for _ in range(50)]
+                egtest.release_in_threads(hs, 2)
+                objs = [scenario.Tracked() for _ in range(50)]
+                egtest.decref_in_threads(objs, 2)
+                del objs
+                exitguard.flush()
+                ok = scenario.freed == 100 and exitguard.state() == "running"
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # silence the child's report
+                sys.exit(0 if ok else 17)
+            _, status = os.waitpid(pid, 0)
+            statuses.append(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8)
+        churned = egtest.churned()
+        exitguard.flush()
+        print(json.dumps({"statuses": sorted(set(statuses)), "n": len(statuses),
+                          "churned": churned, "state": exitguard.state()}))
+        """,
+        timeout=240,
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["n"] == 200
+    assert d["statuses"] == [0], res.describe()
+    assert d["state"] == "running"
+    assert d["churned"] > 1000

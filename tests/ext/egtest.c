@@ -11,7 +11,7 @@
  * native threads of real extensions.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include <Python.h>            /* defines _GNU_SOURCE: pthread_timedjoin_np */
 #include <exitguard.h>
 
 #include <pthread.h>
@@ -20,7 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#if PY_VERSION_HEX < 0x030900A4
+#  error "egtest needs 3.9"
+#endif
 #if PY_VERSION_HEX < 0x030A0000
 /* Py_NewRef arrived in 3.10 (bpo-42262). */
 static inline PyObject *
@@ -343,6 +347,498 @@ t_stopper_add_null(PyObject *m, PyObject *Py_UNUSED(ignored))
     return NULL;    /* the TypeError eg_stopper_add set */
 }
 
+/* ---- attaching threads (the gate) ------------------------------------------ */
+
+/* Counters of every attaching thread started below, read by Python. */
+static atomic_long n_attach_ok, n_attach_refused, n_ok_after_refused,
+    n_callback_errors, n_stopped_cleanly;
+
+typedef struct {
+    PyObject *callback;         /* strong; leaked at exit on purpose */
+    eg_interp *interp;          /* NULL: main */
+    int interval_us;
+    int registered;             /* stop when eg_thread_stop_requested() */
+    int ignore_stop;            /* a stubborn thread */
+    atomic_int raw_stop;        /* for adopted threads */
+    pthread_t tid;
+    eg_thread *t;
+} attacher_t;
+
+static void
+sleep_us(int us)
+{
+    struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Loop: attach, call the callback, release.  Runs without the GIL. */
+static void
+attacher_run(void *arg)
+{
+    attacher_t *a = arg;
+    int refused_once = 0;
+    for (;;) {
+        if (a->registered && !a->ignore_stop && eg_thread_stop_requested()) {
+            atomic_fetch_add(&n_stopped_cleanly, 1);
+            return;
+        }
+        if (atomic_load(&a->raw_stop)) {
+            atomic_fetch_add(&n_stopped_cleanly, 1);
+            return;
+        }
+        eg_gil st;
+        int rc = eg_gil_ensure(a->interp, &st);
+        if (rc == 0) {
+            if (refused_once) {
+                atomic_fetch_add(&n_ok_after_refused, 1);
+            }
+            atomic_fetch_add(&n_attach_ok, 1);
+            if (a->callback != NULL) {
+                PyObject *r = PyObject_CallNoArgs(a->callback);
+                if (r == NULL) {
+                    atomic_fetch_add(&n_callback_errors, 1);
+                    PyErr_Clear();
+                }
+                Py_XDECREF(r);
+            }
+            eg_gil_release(&st);
+        }
+        else {
+            refused_once = 1;
+            atomic_fetch_add(&n_attach_refused, 1);
+            if (!a->registered && !a->ignore_stop) {
+                /* An unregistered thread keeps trying only a little while
+                 * after refusal, then parks (the process exits around it). */
+                if (atomic_load(&n_attach_refused) > 100000) {
+                    for (;;) {
+                        sleep_us(1000000);
+                    }
+                }
+            }
+        }
+        if (a->interval_us > 0) {
+            sleep_us(a->interval_us);
+        }
+    }
+}
+
+static void *
+attacher_raw_main(void *arg)
+{
+    attacher_run(arg);
+    return NULL;
+}
+
+static attacher_t *
+attacher_new(PyObject *callback, PyObject *interp_handle, int interval_us)
+{
+    attacher_t *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (callback != Py_None) {
+        a->callback = Py_NewRef(callback);
+    }
+    if (interp_handle != NULL && interp_handle != Py_None) {
+        a->interp = py_to_handle(interp_handle);
+        if (PyErr_Occurred()) {
+            free(a);
+            return NULL;
+        }
+    }
+    a->interval_us = interval_us;
+    atomic_init(&a->raw_stop, 0);
+    return a;
+}
+
+/* registered_attachers(n, callback, interval_us=1000, ignore_stop=False,
+ *                      name="attacher"): n threads started with
+ * eg_thread_start that attach in a loop and stop when asked (unless
+ * ignore_stop).  Not joined by us: exitguard's phase 1 does. */
+static PyObject *
+t_registered_attachers(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int n, interval = 1000, ignore = 0;
+    PyObject *cb, *interp = Py_None;
+    const char *name = "attacher";
+    if (!PyArg_ParseTuple(args, "iO|ipsO", &n, &cb, &interval, &ignore,
+                          &name, &interp)) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        attacher_t *a = attacher_new(cb, interp, interval);
+        if (a == NULL) {
+            return NULL;
+        }
+        a->registered = 1;
+        a->ignore_stop = ignore;
+        int rc = eg_thread_start(&a->t, name, attacher_run, NULL, a);
+        if (rc < 0) {
+            PyErr_Format(PyExc_RuntimeError, "eg_thread_start: %s",
+                         eg_strerror(rc));
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* raw_attachers(n, callback, interval_us=1000, interp=None): n raw
+ * pthreads nobody registered, attaching in a loop forever (detached). */
+static PyObject *
+t_raw_attachers(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int n, interval = 1000;
+    PyObject *cb, *interp = Py_None;
+    if (!PyArg_ParseTuple(args, "iO|iO", &n, &cb, &interval, &interp)) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        attacher_t *a = attacher_new(cb, interp, interval);
+        if (a == NULL) {
+            return NULL;
+        }
+        if (pthread_create(&a->tid, NULL, attacher_raw_main, a) != 0) {
+            abort();
+        }
+        pthread_detach(a->tid);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Adoption: a raw pthread a "third-party library" created, registered with
+ * eg_thread_adopt(request_stop, join). */
+static void
+adopted_request_stop(void *arg)
+{
+    atomic_store(&((attacher_t *)arg)->raw_stop, 1);
+}
+
+static int
+adopted_join(void *arg, double timeout_s)
+{
+    attacher_t *a = arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)timeout_s;
+    if (pthread_timedjoin_np(a->tid, NULL, &ts) != 0) {
+        return -110;   /* -ETIMEDOUT */
+    }
+    return 0;
+}
+
+static PyObject *
+t_adopted_attacher(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *cb;
+    int interval = 1000;
+    if (!PyArg_ParseTuple(args, "O|i", &cb, &interval)) {
+        return NULL;
+    }
+    attacher_t *a = attacher_new(cb, NULL, interval);
+    if (a == NULL) {
+        return NULL;
+    }
+    if (pthread_create(&a->tid, NULL, attacher_raw_main, a) != 0) {
+        abort();
+    }
+    int rc = eg_thread_adopt(&a->t, "adopted", adopted_request_stop,
+                             adopted_join, a);
+    if (rc < 0) {
+        PyErr_Format(PyExc_RuntimeError, "eg_thread_adopt: %s",
+                     eg_strerror(rc));
+        return NULL;
+    }
+    return handle_to_py(a->t);
+}
+
+static PyObject *
+t_attach_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l}",
+                         "ok", atomic_load(&n_attach_ok),
+                         "refused", atomic_load(&n_attach_refused),
+                         "ok_after_refused", atomic_load(&n_ok_after_refused),
+                         "callback_errors", atomic_load(&n_callback_errors),
+                         "stopped_cleanly", atomic_load(&n_stopped_cleanly));
+}
+
+/* A registered thread blocked in native work (a pipe read) that only its
+ * request_stop can unblock. */
+typedef struct {
+    int fds[2];
+    eg_thread *t;
+} blocked_t;
+
+static void
+blocked_run(void *arg)
+{
+    blocked_t *b = arg;
+    char c;
+    while (read(b->fds[0], &c, 1) < 0) {
+    }
+    atomic_fetch_add(&n_stopped_cleanly, 1);
+}
+
+static void
+blocked_stop(void *arg)
+{
+    blocked_t *b = arg;
+    while (write(b->fds[1], "x", 1) < 0) {
+    }
+}
+
+static PyObject *
+t_blocked_thread(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    blocked_t *b = calloc(1, sizeof(*b));
+    if (b == NULL || pipe(b->fds) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int rc = eg_thread_start(&b->t, "blocked", blocked_run, blocked_stop, b);
+    if (rc < 0) {
+        PyErr_Format(PyExc_RuntimeError, "eg_thread_start: %s",
+                     eg_strerror(rc));
+        return NULL;
+    }
+    return handle_to_py(b->t);
+}
+
+static PyObject *
+t_thread_join(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *h;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "Od", &h, &timeout)) {
+        return NULL;
+    }
+    void *t = py_to_handle(h);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(eg_thread_join(t, timeout));
+}
+
+/* From a raw thread: ensure, ensure again (nested), call, release twice.
+ * Returns [rc1, rc2, result]. */
+typedef struct {
+    PyObject *callback;
+    eg_interp *interp;
+    int rc1, rc2;
+    PyObject *result;
+} nested_t;
+
+static void *
+nested_main(void *arg)
+{
+    nested_t *n = arg;
+    eg_gil a, b;
+    n->rc1 = eg_gil_ensure(n->interp, &a);
+    if (n->rc1 != 0) {
+        return NULL;
+    }
+    n->rc2 = eg_gil_ensure(n->interp, &b);
+    n->result = PyObject_CallNoArgs(n->callback);
+    if (n->result == NULL) {
+        PyErr_Clear();
+    }
+    if (n->rc2 == 0) {
+        eg_gil_release(&b);
+    }
+    eg_gil_release(&a);
+    return NULL;
+}
+
+static PyObject *
+t_nested_in_thread(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *cb, *interp = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O", &cb, &interp)) {
+        return NULL;
+    }
+    nested_t n = {cb, NULL, -1, -1, NULL};
+    if (interp != Py_None) {
+        n.interp = py_to_handle(interp);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, nested_main, &n) != 0) {
+        abort();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(tid, NULL);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("[iiN]", n.rc1, n.rc2,
+                         n.result ? n.result : Py_NewRef(Py_None));
+}
+
+/* eg_gil_ensure on this (attached) thread: nested, returns 0. */
+static PyObject *
+t_ensure_here(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    eg_gil st;
+    int rc = eg_gil_ensure(NULL, &st);
+    if (rc == 0) {
+        eg_gil_release(&st);
+    }
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *
+t_interp_current(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    eg_interp *h = eg_interp_current();
+    return h ? handle_to_py(h) : NULL;
+}
+
+static PyObject *
+t_interp_main(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    eg_interp *h = eg_interp_main();
+    return h ? handle_to_py(h) : Py_NewRef(Py_None);
+}
+
+static PyObject *
+t_interp_close(PyObject *m, PyObject *h)
+{
+    (void)m;
+    void *p = h == Py_None ? NULL : py_to_handle(h);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    eg_interp_close(p);
+    Py_RETURN_NONE;
+}
+
+/* run_in_thread(interp_handle, code): a raw thread attaches to exactly that
+ * interpreter and runs `code` there (PyRun_SimpleString). */
+typedef struct {
+    eg_interp *interp;
+    const char *code;
+    int rc;
+    int run_rc;
+} runner_t;
+
+static void *
+runner_main(void *arg)
+{
+    runner_t *r = arg;
+    eg_gil st;
+    r->rc = eg_gil_ensure(r->interp, &st);
+    if (r->rc == 0) {
+        r->run_rc = PyRun_SimpleString(r->code);
+        eg_gil_release(&st);
+    }
+    return NULL;
+}
+
+static PyObject *
+t_run_in_thread(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *h;
+    const char *code;
+    if (!PyArg_ParseTuple(args, "Os", &h, &code)) {
+        return NULL;
+    }
+    runner_t r = {py_to_handle(h), code, -1, -1};
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, runner_main, &r) != 0) {
+        abort();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(tid, NULL);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(ii)", r.rc, r.run_rc);
+}
+
+/* churn_threads(n): detached raw threads that, as fast as they can,
+ * attach, create an object, detach, and drop it with eg_decref() without
+ * the GIL.  They park once the gate refuses them. */
+static atomic_long n_churned;
+
+static void *
+churn_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        eg_gil st;
+        if (eg_gil_ensure(NULL, &st) != 0) {
+            for (;;) {
+                sleep_us(1000000);
+            }
+        }
+        PyObject *o = PyList_New(0);
+        eg_gil_release(&st);
+        eg_decref(o);                 /* without the GIL: queued */
+        atomic_fetch_add(&n_churned, 1);
+    }
+    return NULL;
+}
+
+static PyObject *
+t_churn_threads(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        pthread_t tid;
+        if (pthread_create(&tid, NULL, churn_main, NULL) != 0) {
+            abort();
+        }
+        pthread_detach(tid);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_churned(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return PyLong_FromLong(atomic_load(&n_churned));
+}
+
+/* A process-wide slot to pass a handle between interpreters (the .so, and
+ * so this static, is shared by every interpreter that imports egtest). */
+static atomic_uintptr_t stash;
+
+static PyObject *
+t_stash_set(PyObject *m, PyObject *h)
+{
+    (void)m;
+    void *p = py_to_handle(h);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    atomic_store(&stash, (uintptr_t)p);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_stash_get(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return handle_to_py((void *)atomic_load(&stash));
+}
+
 /* ---- misc ------------------------------------------------------------------ */
 
 static PyObject *
@@ -388,6 +884,22 @@ static PyMethodDef methods[] = {
     {"strerror", t_strerror, METH_O, NULL},
     {"flush", t_flush, METH_NOARGS, NULL},
     {"decref", t_decref, METH_O, NULL},
+    {"registered_attachers", t_registered_attachers, METH_VARARGS, NULL},
+    {"raw_attachers", t_raw_attachers, METH_VARARGS, NULL},
+    {"adopted_attacher", t_adopted_attacher, METH_VARARGS, NULL},
+    {"attach_counts", t_attach_counts, METH_NOARGS, NULL},
+    {"blocked_thread", t_blocked_thread, METH_NOARGS, NULL},
+    {"thread_join", t_thread_join, METH_VARARGS, NULL},
+    {"nested_in_thread", t_nested_in_thread, METH_VARARGS, NULL},
+    {"ensure_here", t_ensure_here, METH_NOARGS, NULL},
+    {"interp_current", t_interp_current, METH_NOARGS, NULL},
+    {"interp_main", t_interp_main, METH_NOARGS, NULL},
+    {"interp_close", t_interp_close, METH_O, NULL},
+    {"run_in_thread", t_run_in_thread, METH_VARARGS, NULL},
+    {"stash_set", t_stash_set, METH_O, NULL},
+    {"churn_threads", t_churn_threads, METH_O, NULL},
+    {"churned", t_churned, METH_NOARGS, NULL},
+    {"stash_get", t_stash_get, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
