@@ -1,0 +1,59 @@
+# exitguard -- developer commands.  See README.md ("Try it", "Development").
+#
+#   make test        build and test with $(PYTHON) (default python3) in .venv/<version>
+#   make test-all    make test on every CPython >= 3.9 under pyenv (+ EXTRA_PYTHONS)
+#   make demo        build exitguard and examples/ticker, run the demo
+#   make clean
+#
+# Each interpreter gets its own virtual environment; pytest and the build tools
+# come from PyPI.  Builds use -Werror (EG_WERROR=1).
+
+PYTHON ?= python3
+PYTEST_ARGS ?=
+EXTRA_PYTHONS ?=
+
+PYVER := $(shell $(PYTHON) -c 'import platform, sysconfig; print(platform.python_version() + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')
+VENV := .venv/$(PYVER)
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip --disable-pip-version-check -q
+
+.PHONY: test test-all demo install clean venv
+
+# The virtual environment and the test/build dependencies, once per interpreter.
+$(VENV)/.deps:
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PIP) install setuptools wheel pytest pytest-timeout
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Reinstall every time so that C changes are always picked up.
+install: $(VENV)/.deps
+	EG_WERROR=1 $(PIP) install --no-build-isolation --no-deps --force-reinstall .
+
+test: install
+	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS)
+
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
+# Every CPython >= 3.9 that pyenv has, newest patch of each listed version.
+ALL_PYTHONS := $(shell for p in $(PYENV_ROOT)/versions/*/bin/python; do \
+	  [ -x "$$p" ] && "$$p" -c 'import sys; sys.exit(not (sys.implementation.name == "cpython" and sys.version_info >= (3, 9)))' 2>/dev/null && echo "$$p"; \
+	done) $(EXTRA_PYTHONS)
+
+test-all:
+	@if [ -z "$(strip $(ALL_PYTHONS))" ]; then echo "no pyenv interpreters found; testing $(PYTHON)"; $(MAKE) test; exit $$?; fi
+	@rm -f .test-all.summary; status=0; \
+	for py in $(ALL_PYTHONS); do \
+	  echo "=== make test PYTHON=$$py"; \
+	  if $(MAKE) --no-print-directory test PYTHON=$$py; then r=PASS; else r=FAIL; status=1; fi; \
+	  echo "$$($$py -c 'import platform, sysconfig; print(platform.python_version() + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')  $$r  ($$py)" >> .test-all.summary; \
+	done; \
+	echo; echo "=== test-all summary"; cat .test-all.summary; rm -f .test-all.summary; \
+	exit $$status
+
+demo: install
+	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker
+	$(VPY) examples/ticker/demo.py
+
+clean:
+	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build

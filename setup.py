@@ -1,0 +1,91 @@
+"""Build exitguard: the C core as the extension exitguard._core, plus the package.
+
+Environment switches (read at build time):
+  EG_DEBUG=1             -O0 -g, assertions on, EG_DEBUG defined (double release of
+                         an eg_ref aborts with a message)
+  EG_SANITIZE=LIST       comma list of address, undefined, thread (thread excludes
+                         address): adds -fsanitize=LIST to compile and link
+  EG_WERROR=1            warnings are errors (the Makefile and CI set it)
+The public headers (include/) and valgrind.supp are copied into the package, so
+that exitguard.get_include() points at an installed exitguard.h.
+"""
+
+import glob
+import os
+import re
+import shutil
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def version():
+    with open(os.path.join(HERE, "include", "exitguard", "version.h")) as f:
+        return re.search(r'#define EG_VERSION_STRING "([^"]+)"', f.read()).group(1)
+
+
+def compile_flags():
+    cflags = ["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"]
+    lflags = ["-pthread"]
+    macros = [("EG_BUILDING", "1")]
+    if os.environ.get("EG_WERROR") == "1":
+        cflags.append("-Werror")
+    if os.environ.get("EG_DEBUG") == "1":
+        cflags += ["-O0", "-g", "-UNDEBUG"]
+        macros.append(("EG_DEBUG", "1"))
+    else:
+        cflags.append("-O2")
+    sanitize = [s for s in os.environ.get("EG_SANITIZE", "").replace(" ", "").split(",") if s]
+    if sanitize:
+        unknown = set(sanitize) - {"address", "undefined", "thread"}
+        if unknown:
+            raise SystemExit("EG_SANITIZE: unknown sanitizer(s) %s (use address, undefined, thread)" % ", ".join(sorted(unknown)))
+        if "thread" in sanitize and "address" in sanitize:
+            raise SystemExit("EG_SANITIZE: thread cannot be combined with address")
+        flag = "-fsanitize=" + ",".join(sanitize)
+        cflags += [flag, "-fno-omit-frame-pointer", "-g"]
+        lflags += [flag]
+        if "thread" in sanitize:
+            # ThreadSanitizer cannot see membarrier(2): use fences on both sides.
+            macros.append(("EG_TSAN", "1"))
+    return cflags, lflags, macros
+
+
+class build_py_with_headers(build_py):
+    """Also install include/ (the public headers) and valgrind.supp inside the package."""
+
+    def run(self):
+        super().run()
+        dest = os.path.join(self.build_lib, "exitguard")
+        for header in glob.glob(os.path.join(HERE, "include", "**", "*.h*"), recursive=True):
+            rel = os.path.relpath(header, os.path.join(HERE, "include"))
+            target = os.path.join(dest, "include", rel)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(header, target)
+        supp = os.path.join(HERE, "valgrind.supp")
+        if os.path.exists(supp):
+            shutil.copyfile(supp, os.path.join(dest, "valgrind.supp"))
+
+
+cflags, lflags, macros = compile_flags()
+
+setup(
+    version=version(),
+    package_dir={"": "src"},
+    packages=["exitguard"],
+    package_data={"exitguard": ["py.typed", "*.pyi"]},
+    ext_modules=[
+        Extension(
+            "exitguard._core",
+            sources=sorted(glob.glob("src/*.c")),
+            include_dirs=["include", "src"],
+            define_macros=macros,
+            extra_compile_args=cflags,
+            extra_link_args=lflags,
+            depends=sorted(glob.glob("src/*.h") + glob.glob("include/**/*.h", recursive=True)),
+        )
+    ],
+    cmdclass={"build_py": build_py_with_headers},
+)
