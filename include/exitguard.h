@@ -41,6 +41,8 @@
 #define EXITGUARD_H
 
 #include <Python.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 
 #include "exitguard/version.h"
@@ -62,6 +64,14 @@ typedef struct eg_interp eg_interp;
 
 /* A native thread registered with exitguard.  Opaque. */
 typedef struct eg_thread eg_thread;
+
+/* An event native threads and signal handlers can set.  Opaque. */
+typedef struct eg_event eg_event;
+
+/* A completion queue: native threads post callbacks that run on the
+ * thread that owns it (an asyncio loop).  Opaque; owned by an
+ * exitguard.CompletionQueue object. */
+typedef struct eg_cq eg_cq;
 
 /* The state of one eg_gil_ensure() call, to pass to eg_gil_release().  The
  * caller provides the storage (usually on its stack); the fields are
@@ -104,6 +114,24 @@ typedef struct eg_capi {
     int (*thread_adopt)(eg_thread **out, const char *name,
                         void (*request_stop)(void *arg),
                         int (*join)(void *arg, double timeout_s), void *arg);
+    /* ABI 1, runtime services: */
+    void (*vlog)(int level, const char *logger, const char *fmt,
+                 va_list ap);
+    int (*log_enabled)(int level, const char *logger);
+    eg_event *(*event_new)(void);
+    void (*event_free)(eg_event *ev);
+    int (*event_set)(eg_event *ev);
+    int (*event_clear)(eg_event *ev);
+    int (*event_is_set)(const eg_event *ev);
+    int (*event_wait)(eg_event *ev, double timeout_s);
+    int (*event_fileno)(const eg_event *ev);
+    eg_cq *(*cq_from_object)(PyObject *obj);
+    int (*cq_post)(eg_cq *q, void (*fn)(void *arg, int cancelled),
+                   void *arg);
+    int (*cq_post_future)(eg_cq *q, eg_ref *future,
+                          PyObject *(*build)(void *arg, int cancelled,
+                                             int *is_exception),
+                          void *arg);
 } eg_capi;
 
 #if defined(EG_BUILDING)
@@ -315,6 +343,139 @@ EG_FUNC int eg_thread_adopt(eg_thread **out, const char *name,
                             void *arg);
 
 /* ------------------------------------------------------------------------
+ * Logging into Python's logging, from any thread
+ *
+ * Messages go into a bounded ring of fixed-size slots and a forwarder
+ * thread delivers them in batches, one attach per batch, to
+ * logging.getLogger(logger) of the main interpreter, as records whose
+ * threadName is the native thread's name.  Levels are Python's numbers.
+ */
+#define EG_LOG_DEBUG    10
+#define EG_LOG_INFO     20
+#define EG_LOG_WARNING  30
+#define EG_LOG_ERROR    40
+#define EG_LOG_CRITICAL 50
+
+/* eg_log / eg_vlog: log a printf-style message to Python logger `logger`
+ *   (NULL: the root logger).
+ * Thread: any thread; never blocks, takes no GIL and no lock, allocates
+ *   nothing once the logger name has been seen.  Not async-signal-safe
+ *   (vsnprintf).
+ * `logger` must stay valid and unchanged for the life of the process (a
+ *   string literal): its address keys a cache of the logger's effective
+ *   level, kept in step with the logging configuration, so a message below
+ *   the level costs one load and is never formatted.  Messages longer than
+ *   a slot are cut with a visible "...[truncated]" marker.  When the ring
+ *   is full the message is dropped and counted; a later warning on the
+ *   "exitguard" logger says how many.  At exit everything queued is
+ *   delivered before the attach gate closes; after that, messages go to
+ *   stderr. */
+EG_FUNC void eg_vlog(int level, const char *logger, const char *fmt,
+                     va_list ap);
+#if !defined(EG_BUILDING)
+static inline void eg_log(int level, const char *logger, const char *fmt,
+                          ...)
+#  if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#  endif
+    ;
+#else
+void eg_log(int level, const char *logger, const char *fmt, ...);
+#endif
+
+/* eg_log_enabled: 1 when a message of `level` to `logger` would be
+ *   formatted (the cached level allows it, or is not known yet), else 0.
+ *   Thread: any thread; one load on the fast path. */
+EG_FUNC int eg_log_enabled(int level, const char *logger);
+
+/* ------------------------------------------------------------------------
+ * Events: waits that release the GIL and still honour Ctrl-C
+ */
+
+/* eg_event_new: a new, clear event.  Thread: any thread.
+ * Returns NULL when out of memory (or out of file descriptors); no
+ *   exception is set.  Pair: eg_event_free(). */
+EG_FUNC eg_event *eg_event_new(void);
+
+/* eg_event_free: free an event no thread is waiting on.  Thread: any.
+ *   NULL is a no-op. */
+EG_FUNC void eg_event_free(eg_event *ev);
+
+/* eg_event_set: set the event, waking every waiter.  Thread: any thread,
+ *   also a signal handler: async-signal-safe (an atomic exchange and, on
+ *   the clear-to-set transition, one write(2) to an eventfd).
+ * Returns 0, or -EINVAL for NULL. */
+EG_FUNC int eg_event_set(eg_event *ev);
+
+/* eg_event_clear: clear the event.  Thread: any thread; async-signal-safe.
+ * Returns 0, or -EINVAL for NULL. */
+EG_FUNC int eg_event_clear(eg_event *ev);
+
+/* eg_event_is_set: 1 when set, 0 when clear (or NULL).  Thread: any;
+ *   async-signal-safe. */
+EG_FUNC int eg_event_is_set(const eg_event *ev);
+
+/* The wait saw exitguard stopping in the calling thread's interpreter. */
+#define EG_WAIT_STOPPING (-ESHUTDOWN)
+
+/* eg_event_wait: wait until the event is set.
+ * Thread: attached (a Python thread, or a native one inside
+ *   eg_gil_ensure).  Releases the GIL while blocked, in the shape of
+ *   CPython's acquire_timed: on the main thread a signal wakes it, the
+ *   Python signal handlers run with the GIL held, and an exception they
+ *   raise (KeyboardInterrupt) ends the wait.  timeout_s < 0 waits forever;
+ *   the remaining time is computed from an absolute deadline.
+ * Returns 0 (set), -ETIMEDOUT, EG_WAIT_STOPPING (exitguard's phase 1 began
+ *   in this interpreter: stop waiting, so exit is never blocked), -EINVAL
+ *   (NULL event or NaN timeout), or -1 with the exception set. */
+EG_FUNC int eg_event_wait(eg_event *ev, double timeout_s);
+
+/* eg_event_fileno: a file descriptor that is readable while the event is
+ *   set (for select/poll/asyncio).  Thread: any.  -EINVAL for NULL. */
+EG_FUNC int eg_event_fileno(const eg_event *ev);
+
+/* ------------------------------------------------------------------------
+ * Completion queues: callbacks from native threads into asyncio
+ */
+
+/* eg_cq_from_object: the queue behind an exitguard.CompletionQueue.
+ * Thread: attached.  Returns a borrowed pointer, valid while the object
+ *   lives (keep a reference, e.g. an eg_ref), or NULL with TypeError. */
+EG_FUNC eg_cq *eg_cq_from_object(PyObject *obj);
+
+/* eg_cq_post: queue fn(arg, cancelled) to run on the queue's owner.
+ * Thread: any thread; no GIL, no lock (one CAS and one malloc); only the
+ *   empty-to-non-empty transition writes the eventfd, so a burst costs one
+ *   wake-up.
+ * fn runs attached, on the thread that calls CompletionQueue.run() (the
+ *   loop's, through attach()), with cancelled == 0 -- or with
+ *   cancelled == 1 when the queue is closed or exitguard stops before it
+ *   ran: free your native resources and do not touch the loop then.  Every
+ *   accepted fn is called exactly once.
+ * Returns 0 (fn now belongs to the queue), -ESHUTDOWN (the queue is closed:
+ *   fn will not be called, arg is still yours), -EINVAL, -ENOMEM. */
+EG_FUNC int eg_cq_post(eg_cq *q, void (*fn)(void *arg, int cancelled),
+                       void *arg);
+
+/* eg_cq_post_future: resolve an asyncio.Future held as `future` on the
+ *   queue's owner.
+ * Thread: any thread; as eg_cq_post.
+ * On the owner, attached: build(arg, 0, &is_exception) returns a new
+ *   reference -- the result, or with *is_exception = 1 an exception
+ *   instance -- (NULL with an exception set: that exception is used), and
+ *   the future gets set_result/set_exception unless it is already done.
+ *   When cancelled (queue closed, exitguard stopping), build(arg, 1, NULL)
+ *   is called to free arg (its return value is ignored) and the future is
+ *   cancelled if its loop is still open.  The queue releases `future`
+ *   (eg_ref_release) in every case.
+ * Returns 0; -ESHUTDOWN (closed: nothing was taken over), -EINVAL,
+ *   -ENOMEM. */
+EG_FUNC int eg_cq_post_future(eg_cq *q, eg_ref *future,
+                              PyObject *(*build)(void *arg, int cancelled,
+                                                 int *is_exception),
+                              void *arg);
+
+/* ------------------------------------------------------------------------
  * Errors
  */
 
@@ -398,6 +559,44 @@ static inline int eg_thread_join(eg_thread *t, double timeout_s)
 { return eg__capi_table->thread_join(t, timeout_s); }
 static inline int eg_thread_stop_requested(void)
 { return eg__capi_table->thread_stop_requested(); }
+static inline void eg_vlog(int level, const char *logger, const char *fmt,
+                           va_list ap)
+{ eg__capi_table->vlog(level, logger, fmt, ap); }
+static inline void eg_log(int level, const char *logger, const char *fmt,
+                          ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    eg__capi_table->vlog(level, logger, fmt, ap);
+    va_end(ap);
+}
+static inline int eg_log_enabled(int level, const char *logger)
+{ return eg__capi_table->log_enabled(level, logger); }
+static inline eg_event *eg_event_new(void)
+{ return eg__capi_table->event_new(); }
+static inline void eg_event_free(eg_event *ev)
+{ eg__capi_table->event_free(ev); }
+static inline int eg_event_set(eg_event *ev)
+{ return eg__capi_table->event_set(ev); }
+static inline int eg_event_clear(eg_event *ev)
+{ return eg__capi_table->event_clear(ev); }
+static inline int eg_event_is_set(const eg_event *ev)
+{ return eg__capi_table->event_is_set(ev); }
+static inline int eg_event_wait(eg_event *ev, double timeout_s)
+{ return eg__capi_table->event_wait(ev, timeout_s); }
+static inline int eg_event_fileno(const eg_event *ev)
+{ return eg__capi_table->event_fileno(ev); }
+static inline eg_cq *eg_cq_from_object(PyObject *obj)
+{ return eg__capi_table->cq_from_object(obj); }
+static inline int eg_cq_post(eg_cq *q, void (*fn)(void *arg, int cancelled),
+                             void *arg)
+{ return eg__capi_table->cq_post(q, fn, arg); }
+static inline int eg_cq_post_future(eg_cq *q, eg_ref *future,
+                                    PyObject *(*build)(void *arg,
+                                                       int cancelled,
+                                                       int *is_exception),
+                                    void *arg)
+{ return eg__capi_table->cq_post_future(q, future, build, arg); }
 static inline int eg_thread_adopt(eg_thread **out, const char *name,
                                   void (*request_stop)(void *arg),
                                   int (*join)(void *arg, double timeout_s),

@@ -27,6 +27,7 @@
 #  error "eg_internal.h is private to exitguard"
 #endif
 
+#define PY_SSIZE_T_CLEAN      /* "#" formats take Py_ssize_t (default in 3.13) */
 #include <Python.h>
 #include <pthread.h>
 #include <stdalign.h>
@@ -277,6 +278,28 @@ extern double eg__join_timeout;
 /* Absolute CLOCK_MONOTONIC deadline `seconds` from now (< 0: none). */
 struct timespec eg__deadline(double seconds);
 
+/* ---- Logging (logring.c) ------------------------------------------------- */
+
+void eg__log_process_init(void);
+void eg__log_after_fork_child(void);
+/* Main interpreter, phase 2, attached: deliver everything, then stderr. */
+void eg__log_stop_and_drain(void);
+int eg__log_levels_changed(PyObject *threshold_fn, int only_unknown);
+void eg__log_stats(uint64_t *delivered, uint64_t *dropped,
+                   uint64_t *formatted, uint64_t *filtered);
+uint64_t eg__log_ring_size(void);
+
+/* ---- Completion queues (completion.c) ------------------------------------ */
+
+eg_cq *eg__cq_new(eg__interp *in, PyObject *owner);
+int eg__cq_fileno(eg_cq *q);
+int eg__cq_closed(eg_cq *q);
+void eg__cq_counts(eg_cq *q, uint64_t out[4]);   /* posted ran cancelled wakeups */
+Py_ssize_t eg__cq_run(eg_cq *q);
+void eg__cq_close(eg_cq *q);
+void eg__cq_free(eg_cq *q);
+void eg__cq_close_all(eg__interp *in);
+
 /* ---- The per-interpreter record (interp.c) ------------------------------- */
 
 struct eg__interp {
@@ -291,6 +314,10 @@ struct eg__interp {
     eg__stoppers stoppers;
     eg__gate gate;
     eg__threads threads;
+    int stop_efd;                   /* readable once phase 1 has begun */
+    _Atomic(unsigned long) phase_thread;  /* running the phases (or 0) */
+    pthread_mutex_t cq_lock;        /* protects cqs */
+    struct eg_cq *cqs;
     eg__registry refs;              /* large: keep last */
 };
 
@@ -315,6 +342,12 @@ eg__attached_to(eg__interp *in)
         == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
 }
 void eg__interps_process_init(void);
+/* Is the caller the main thread (where CPython runs signal handlers)? */
+int eg__on_main_thread(void);
+/* Is the caller the thread running `in`'s stop phases? */
+int eg__is_phase_thread(eg__interp *in);
+/* Module exec of the main interpreter: remember its main thread. */
+void eg__set_main_thread(unsigned long ident);
 
 /* ---- Shutdown (shutdown.c) ------------------------------------------------ */
 

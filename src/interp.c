@@ -29,8 +29,30 @@
 #include "eg_internal.h"
 
 #include <string.h>
+#include <sys/eventfd.h>
 
 _Atomic(eg__interp *) eg__main_record;
+
+/* pthread_self() of the main interpreter's main thread, or 0. */
+static _Atomic(unsigned long) eg__main_ident;
+
+void
+eg__set_main_thread(unsigned long ident)
+{
+    atomic_store(&eg__main_ident, ident);
+}
+
+int
+eg__on_main_thread(void)
+{
+    return atomic_load(&eg__main_ident) == (unsigned long)pthread_self();
+}
+
+int
+eg__is_phase_thread(eg__interp *in)
+{
+    return atomic_load(&in->phase_thread) == (unsigned long)pthread_self();
+}
 
 static pthread_mutex_t eg__records_lock = PTHREAD_MUTEX_INITIALIZER;
 static eg__interp *eg__records;     /* under eg__records_lock */
@@ -94,6 +116,10 @@ eg__interp_acquire(void)
     eg__stoppers_init(&in->stoppers);
     eg__gate_init(&in->gate);
     eg__threads_init(&in->threads);
+    in->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (in->stop_efd < 0 || pthread_mutex_init(&in->cq_lock, NULL) != 0) {
+        abort();
+    }
     atomic_init(&in->state, EG_RUNNING);
     atomic_init(&in->pyinterp, pyinterp);
     in->id = id;
@@ -138,11 +164,18 @@ eg__atfork_child(void)
         abort();
     }
     eg__decref_process_init();    /* membarrier registration is per mm */
+    eg__log_after_fork_child();
+    /* The forking thread is the child's main thread now (CPython makes it
+     * so in PyOS_AfterFork_Child). */
+    atomic_store(&eg__main_ident, (unsigned long)pthread_self());
     for (eg__interp *in = eg__records; in != NULL; in = in->next_record) {
         eg__decref_after_fork_child(in);
         eg__registry_after_fork_child(&in->refs);
         eg__stoppers_after_fork_child(&in->stoppers);
         eg__gate_after_fork_child(in);
+        if (pthread_mutex_init(&in->cq_lock, NULL) != 0) {
+            abort();
+        }
         eg__threads_after_fork_child(&in->threads);
         if (!in->is_main
                 && atomic_load_explicit(&in->pyinterp,
@@ -161,6 +194,7 @@ static void
 eg__process_init_once(void)
 {
     eg__decref_process_init();
+    eg__log_process_init();
     eg__shutdown_process_init();
     if (pthread_atfork(NULL, NULL, eg__atfork_child) != 0) {
         abort();

@@ -12,12 +12,18 @@
 #include "eg_internal.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <structmember.h>
 
 /* ---- Module state --------------------------------------------------------- */
 
 typedef struct {
     eg__interp *rec;
     PyTypeObject *ExitStopper_Type;
+    PyTypeObject *Event_Type;
+    PyTypeObject *CompletionQueue_Type;
+    PyObject *StoppingError;
 } eg__modstate;
 
 static inline eg__modstate *
@@ -312,6 +318,438 @@ static PyType_Spec exitstopper_spec = {
     .slots = exitstopper_slots,
 };
 
+/* ---- Event ------------------------------------------------------------------ */
+
+static int
+eg__no_args(const char *name, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0
+            || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no arguments", name);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct {
+    PyObject_HEAD
+    eg_event *ev;
+} EventObject;
+
+static PyObject *
+event_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (eg__no_args("Event", args, kwargs) < 0) {
+        return NULL;
+    }
+    EventObject *self = (EventObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->ev = eg_event_new();
+    if (self->ev == NULL) {
+        Py_DECREF(self);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)self;
+}
+
+static void
+event_dealloc(EventObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    eg_event_free(self->ev);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+event_set(EventObject *self, PyObject *Py_UNUSED(ignored))
+{
+    (void)eg_event_set(self->ev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_clear(EventObject *self, PyObject *Py_UNUSED(ignored))
+{
+    (void)eg_event_clear(self->ev);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+event_is_set(EventObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(eg_event_is_set(self->ev));
+}
+
+static PyObject *
+event_fileno(EventObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(eg_event_fileno(self->ev));
+}
+
+/* Parse a timeout argument: None -> -1 (forever); else a real number >= 0.
+ * Returns 0, or -1 with TypeError/ValueError. */
+static int
+eg__parse_timeout(PyObject *obj, double *out)
+{
+    if (obj == NULL || obj == Py_None) {
+        *out = -1.0;
+        return 0;
+    }
+    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj))) {
+        PyErr_Format(PyExc_TypeError,
+                     "timeout must be a number or None, not %.200s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(t) || t < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "timeout must be a non-negative number, not %R", obj);
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
+PyDoc_STRVAR(event_wait_doc,
+"wait(timeout=None) -> bool\n\n"
+"Wait until the event is set, with the GIL released.  Returns True when\n"
+"set, False on timeout.  Ctrl-C (any signal handler's exception) ends the\n"
+"wait by raising.  Raises exitguard.StoppingError once exitguard's phase 1\n"
+"has begun in this interpreter, so a waiting thread never blocks exit.");
+
+static PyObject *
+event_wait(EventObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"timeout", NULL};
+    PyObject *t = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:wait", kwlist, &t)
+            || eg__parse_timeout(t, &timeout) < 0) {
+        return NULL;
+    }
+    int rc = eg_event_wait(self->ev, timeout);
+    if (rc == 0) {
+        Py_RETURN_TRUE;
+    }
+    if (rc == -ETIMEDOUT) {
+        Py_RETURN_FALSE;
+    }
+    if (rc == EG_WAIT_STOPPING) {
+        eg__modstate *st = (eg__modstate *)PyType_GetModuleState(
+            Py_TYPE(self));
+        if (st != NULL) {
+            PyErr_SetString(st->StoppingError,
+                            "exitguard is stopping: the wait was ended so "
+                            "that exit is not blocked");
+        }
+        return NULL;
+    }
+    if (rc == -1) {
+        return NULL;              /* KeyboardInterrupt or another handler error */
+    }
+    PyErr_Format(PyExc_OSError, "eg_event_wait: %s", eg_strerror(rc));
+    return NULL;
+}
+
+static PyMethodDef event_methods[] = {
+    {"set", (PyCFunction)event_set, METH_NOARGS,
+     "Set the event (also safe from a signal handler in C)."},
+    {"clear", (PyCFunction)event_clear, METH_NOARGS, "Clear the event."},
+    {"is_set", (PyCFunction)event_is_set, METH_NOARGS,
+     "True when the event is set."},
+    {"wait", (PyCFunction)(void (*)(void))event_wait,
+     METH_VARARGS | METH_KEYWORDS, event_wait_doc},
+    {"fileno", (PyCFunction)event_fileno, METH_NOARGS,
+     "A file descriptor readable while the event is set."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot event_slots[] = {
+    {Py_tp_new, event_new},
+    {Py_tp_dealloc, event_dealloc},
+    {Py_tp_methods, event_methods},
+    {Py_tp_doc, (void *)"Event()\n\nAn event that native threads and signal "
+                        "handlers can set and that waits with the GIL "
+                        "released, honouring Ctrl-C."},
+    {0, NULL},
+};
+
+static PyType_Spec event_spec = {
+    .name = "exitguard.Event",
+    .basicsize = sizeof(EventObject),
+    .flags = Py_TPFLAGS_DEFAULT
+#if PY_VERSION_HEX >= 0x030A0000
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = event_slots,
+};
+
+/* ---- CompletionQueue ------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    eg_cq *q;
+    PyObject *loop;            /* attached loop, or NULL */
+    PyObject *weakreflist;
+} CQObject;
+
+static PyObject *
+cq_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (eg__no_args("CompletionQueue", args, kwargs) < 0) {
+        return NULL;
+    }
+    eg__modstate *st = (eg__modstate *)PyType_GetModuleState(type);
+    if (st == NULL) {
+        return NULL;
+    }
+    CQObject *self = (CQObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->q = eg__cq_new(st->rec, (PyObject *)self);
+    if (self->q == NULL) {
+        Py_DECREF(self);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return (PyObject *)self;
+}
+
+static int
+cq_check_open(CQObject *self)
+{
+    if (eg__cq_closed(self->q)) {
+        PyErr_SetString(PyExc_ValueError, "the CompletionQueue is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+cq_detach(CQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *loop = self->loop;
+    if (loop == NULL) {
+        Py_RETURN_NONE;
+    }
+    self->loop = NULL;
+    PyObject *r = NULL;
+    PyObject *closed = PyObject_CallMethod(loop, "is_closed", NULL);
+    if (closed != NULL && !PyObject_IsTrue(closed)) {
+        r = PyObject_CallMethod(loop, "remove_reader", "i",
+                                eg__cq_fileno(self->q));
+    }
+    else if (closed != NULL) {
+        r = Py_NewRef(Py_None);    /* a closed loop dropped its readers */
+    }
+    Py_XDECREF(closed);
+    Py_DECREF(loop);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cq_close(CQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *r = cq_detach(self, NULL);
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(r);
+    eg__cq_close(self->q);
+    Py_RETURN_NONE;
+}
+
+static int
+cq_traverse(CQObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->loop);
+    return 0;
+}
+
+static int
+cq_clear(CQObject *self)
+{
+    Py_CLEAR(self->loop);
+    return 0;
+}
+
+static void
+cq_dealloc(CQObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    if (self->q != NULL) {
+        /* Keep self alive through cancellation callbacks (they may look
+         * at it); resurrect-free because we hold the only pointer. */
+        Py_SET_REFCNT(self, 1);
+        PyObject *r = cq_detach(self, NULL);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        Py_XDECREF(r);
+        eg__cq_free(self->q);
+        self->q = NULL;
+        Py_SET_REFCNT(self, 0);
+    }
+    (void)cq_clear(self);
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+cq_fileno(CQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(eg__cq_fileno(self->q));
+}
+
+static PyObject *
+cq_run(CQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(eg__cq_run(self->q));
+}
+
+static PyObject *
+cq_attach(CQObject *self, PyObject *loop)
+{
+    if (cq_check_open(self) < 0) {
+        return NULL;
+    }
+    if (self->loop != NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the CompletionQueue is already attached to a loop; "
+                        "detach() first");
+        return NULL;
+    }
+    PyObject *run = PyObject_GetAttrString((PyObject *)self, "run");
+    if (run == NULL) {
+        return NULL;
+    }
+    PyObject *r = PyObject_CallMethod(loop, "add_reader", "iO",
+                                      eg__cq_fileno(self->q), run);
+    Py_DECREF(run);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    self->loop = Py_NewRef(loop);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cq_stats(CQObject *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t c[4];
+    eg__cq_counts(self->q, c);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:O}",
+                         "posted", (unsigned long long)c[0],
+                         "ran", (unsigned long long)c[1],
+                         "cancelled", (unsigned long long)c[2],
+                         "wakeups", (unsigned long long)c[3],
+                         "closed", eg__cq_closed(self->q) ? Py_True : Py_False);
+}
+
+static PyObject *
+cq_get_closed(CQObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(eg__cq_closed(self->q));
+}
+
+static PyMethodDef cq_methods[] = {
+    {"fileno", (PyCFunction)cq_fileno, METH_NOARGS,
+     "The eventfd that becomes readable when completions are pending."},
+    {"run", (PyCFunction)cq_run, METH_NOARGS,
+     "run() -> int\n\nRun the pending callbacks here, attached; return "
+     "how many ran."},
+    {"attach", (PyCFunction)cq_attach, METH_O,
+     "attach(loop)\n\nRun callbacks on `loop` (loop.add_reader)."},
+    {"detach", (PyCFunction)cq_detach, METH_NOARGS,
+     "detach()\n\nStop running callbacks on the attached loop."},
+    {"close", (PyCFunction)cq_close, METH_NOARGS,
+     "close()\n\nRefuse new posts and call pending callbacks cancelled."},
+    {"stats", (PyCFunction)cq_stats, METH_NOARGS,
+     "Counters: posted, ran, cancelled, wakeups (eventfd writes), closed."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef cq_getset[] = {
+    {"closed", (getter)cq_get_closed, NULL, "True once closed.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef cq_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CQObject, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot cq_slots[] = {
+    {Py_tp_new, cq_new},
+    {Py_tp_dealloc, cq_dealloc},
+    {Py_tp_traverse, cq_traverse},
+    {Py_tp_clear, cq_clear},
+    {Py_tp_methods, cq_methods},
+    {Py_tp_getset, cq_getset},
+    {Py_tp_members, cq_members},
+    {Py_tp_doc, (void *)"CompletionQueue()\n\nCallbacks posted by native "
+                        "threads (eg_cq_post) run here, attached: call "
+                        "run(), or attach(loop) to run them on an asyncio "
+                        "loop.  Pending ones are called cancelled at "
+                        "close() and at exit."},
+    {0, NULL},
+};
+
+static PyType_Spec cq_spec = {
+    .name = "exitguard.CompletionQueue",
+    .basicsize = sizeof(CQObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+#if PY_VERSION_HEX >= 0x030A0000
+             | Py_TPFLAGS_IMMUTABLETYPE
+#endif
+    ,
+    .slots = cq_slots,
+};
+
+/* The C API accessor: attached. */
+eg_cq *
+eg_cq_from_object(PyObject *obj)
+{
+    eg__interp *in = eg__interp_current();
+    (void)in;
+    if (obj != NULL) {
+        PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(obj),
+                                                "__qualname__");
+        int ok = name != NULL
+                 && PyUnicode_CompareWithASCIIString(name, "CompletionQueue")
+                    == 0
+                 && Py_TYPE(obj)->tp_dealloc == (destructor)cq_dealloc;
+        Py_XDECREF(name);
+        PyErr_Clear();
+        if (ok) {
+            return ((CQObject *)obj)->q;
+        }
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "expected an exitguard.CompletionQueue, not %.200s",
+                 obj ? Py_TYPE(obj)->tp_name : "NULL");
+    return NULL;
+}
+
 /* ---- Module functions -------------------------------------------------------- */
 
 PyDoc_STRVAR(flush_doc,
@@ -397,6 +835,14 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
         goto fail;
     }
+    uint64_t ld, ldr, lf, lfi;
+    eg__log_stats(&ld, &ldr, &lf, &lfi);
+    if (eg__set_u64(d, "log_delivered", ld) < 0
+        || eg__set_u64(d, "log_dropped", ldr) < 0
+        || eg__set_u64(d, "log_formatted", lf) < 0
+        || eg__set_u64(d, "log_filtered", lfi) < 0) {
+        goto fail;
+    }
     return d;
 fail:
     Py_DECREF(d);
@@ -430,7 +876,33 @@ eg_py_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+static PyObject *
+eg_py_log_levels_changed(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *fn;
+    int only_unknown = 0;
+    if (!PyArg_ParseTuple(args, "O|p", &fn, &only_unknown)) {
+        return NULL;
+    }
+    if (eg__log_levels_changed(fn, only_unknown) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+eg_py_log_ring_size(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    return PyLong_FromUnsignedLongLong(eg__log_ring_size());
+}
+
 static PyMethodDef eg_methods[] = {
+    {"_log_levels_changed", eg_py_log_levels_changed, METH_VARARGS,
+     "Recompute exitguard's cached logger levels (exitguard._logging)."},
+    {"_log_ring_size", eg_py_log_ring_size, METH_NOARGS,
+     "Slots in the native log ring."},
     {"flush", eg_py_flush, METH_NOARGS, flush_doc},
     {"state", eg_py_state, METH_NOARGS, state_doc},
     {"stats", eg_py_stats, METH_NOARGS, stats_doc},
@@ -468,6 +940,18 @@ const eg_capi eg__capi = {
     .thread_join = eg_thread_join,
     .thread_stop_requested = eg_thread_stop_requested,
     .thread_adopt = eg_thread_adopt,
+    .vlog = eg_vlog,
+    .log_enabled = eg_log_enabled,
+    .event_new = eg_event_new,
+    .event_free = eg_event_free,
+    .event_set = eg_event_set,
+    .event_clear = eg_event_clear,
+    .event_is_set = eg_event_is_set,
+    .event_wait = eg_event_wait,
+    .event_fileno = eg_event_fileno,
+    .cq_from_object = eg_cq_from_object,
+    .cq_post = eg_cq_post,
+    .cq_post_future = eg_cq_post_future,
 };
 
 /* ---- Hooks ---------------------------------------------------------------------- */
@@ -544,6 +1028,46 @@ eg_exec(PyObject *module)
                                  (PyObject *)st->ExitStopper_Type) < 0) {
         return -1;
     }
+    st->Event_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &event_spec, NULL);
+    if (st->Event_Type == NULL
+        || PyModule_AddObjectRef(module, "Event",
+                                 (PyObject *)st->Event_Type) < 0) {
+        return -1;
+    }
+    st->CompletionQueue_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &cq_spec, NULL);
+    if (st->CompletionQueue_Type == NULL
+        || PyModule_AddObjectRef(module, "CompletionQueue",
+                                 (PyObject *)st->CompletionQueue_Type) < 0) {
+        return -1;
+    }
+    st->StoppingError = PyErr_NewExceptionWithDoc(
+        "exitguard.StoppingError",
+        "A wait was ended because exitguard is stopping this interpreter.",
+        PyExc_RuntimeError, NULL);
+    if (st->StoppingError == NULL
+        || PyModule_AddObjectRef(module, "StoppingError",
+                                 st->StoppingError) < 0) {
+        return -1;
+    }
+    if (st->rec->is_main) {
+        /* Signal handlers run on the main thread: eg_event_wait polls in
+         * slices there (wait.c). */
+        PyObject *thr = PyImport_ImportModule("threading");
+        PyObject *mt = thr ? PyObject_CallMethod(thr, "main_thread", NULL)
+                           : NULL;
+        PyObject *ident = mt ? PyObject_GetAttrString(mt, "ident") : NULL;
+        if (ident != NULL) {
+            eg__set_main_thread(PyLong_AsUnsignedLong(ident));
+        }
+        Py_XDECREF(ident);
+        Py_XDECREF(mt);
+        Py_XDECREF(thr);
+        if (PyErr_Occurred()) {
+            return -1;
+        }
+    }
     PyObject *capsule = PyCapsule_New((void *)&eg__capi, "exitguard._C_API",
                                       NULL);
     if (capsule == NULL) {
@@ -575,6 +1099,9 @@ eg_traverse(PyObject *module, visitproc visit, void *arg)
     eg__modstate *st = (eg__modstate *)PyModule_GetState(module);
     if (st != NULL) {
         Py_VISIT(st->ExitStopper_Type);
+        Py_VISIT(st->Event_Type);
+        Py_VISIT(st->CompletionQueue_Type);
+        Py_VISIT(st->StoppingError);
     }
     return 0;
 }
@@ -585,6 +1112,9 @@ eg_clear(PyObject *module)
     eg__modstate *st = (eg__modstate *)PyModule_GetState(module);
     if (st != NULL) {
         Py_CLEAR(st->ExitStopper_Type);
+        Py_CLEAR(st->Event_Type);
+        Py_CLEAR(st->CompletionQueue_Type);
+        Py_CLEAR(st->StoppingError);
     }
     return 0;
 }

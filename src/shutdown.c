@@ -77,6 +77,12 @@ eg__phase1(eg__interp *in)
             memory_order_seq_cst, memory_order_relaxed)) {
         return;                 /* already stopping or stopped */
     }
+    atomic_store(&in->phase_thread, (unsigned long)pthread_self());
+    /* Wake every eg_event_wait of this interpreter: it returns
+     * EG_WAIT_STOPPING rather than block exit (the fd stays readable). */
+    uint64_t one = 1;
+    ssize_t w = write(in->stop_efd, &one, sizeof(one));
+    (void)w;
     eg__stoppers_run(in);
     /* Then the registered native threads, after the stoppers: a stopper
      * may be what unblocks them.  They may still attach while finishing:
@@ -139,9 +145,18 @@ eg__phase2(eg__interp *in)
         Py_END_ALLOW_THREADS
     }
 
+    atomic_store(&in->phase_thread, (unsigned long)pthread_self());
+    /* Native log messages still queued are delivered while the gate is
+     * open (the main interpreter owns the process's log system). */
+    if (in->is_main) {
+        eg__log_stop_and_drain();
+    }
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */
     (void)eg__gate_close(in, eg__join_timeout);
+    /* Completions nobody will run now: call them cancelled, cancel their
+     * futures (unless the loop is closed), release what they held. */
+    eg__cq_close_all(in);
 
     PyObject *tally = eg__leak_mode ? PyDict_New() : NULL;
     PyErr_Clear();

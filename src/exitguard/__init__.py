@@ -8,6 +8,9 @@ API and adds the helpers that need no C.  Extensions use the C API through
 import os as _os
 
 from ._core import (  # noqa: F401  (re-exported API)
+    CompletionQueue,
+    Event,
+    StoppingError,
     ABI_VERSION,
     LEAK_EXIT_STATUS,
     ExitStopper,
@@ -19,7 +22,10 @@ from ._core import (  # noqa: F401  (re-exported API)
 )
 
 __all__ = [
+    "CompletionQueue",
+    "Event",
     "ExitStopper",
+    "StoppingError",
     "exit_stopper",
     "flush",
     "get_include",

@@ -816,6 +816,305 @@ t_churned(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(atomic_load(&n_churned));
 }
 
+/* ---- logging ----------------------------------------------------------------- */
+
+typedef struct {
+    int index, count, level, big;
+    const char *logger;
+} logjob_t;
+
+static void *
+log_main(void *arg)
+{
+    logjob_t *j = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "eglog-%d", j->index & 0xff);
+    pthread_setname_np(pthread_self(), name);
+    for (int i = 0; i < j->count; i++) {
+        if (j->big) {
+            eg_log(j->level, j->logger, "t%d m%d %0600d", j->index, i, 7);
+        }
+        else {
+            eg_log(j->level, j->logger, "t%d m%d", j->index, i);
+        }
+    }
+    return NULL;
+}
+
+/* log_from_threads(nthreads, per_thread, level=20, which=0, big=False):
+ * raw threads named eglog-N log "tN mI" to logger "egtest.native" (which 0)
+ * or "egtest.quiet" (which 1); joined with the GIL released. */
+static PyObject *
+t_log_from_threads(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int n, per, level = EG_LOG_INFO, which = 0, big = 0;
+    if (!PyArg_ParseTuple(args, "ii|iip", &n, &per, &level, &which, &big)) {
+        return NULL;
+    }
+    if (n < 1 || n > 64) {
+        PyErr_SetString(PyExc_ValueError, "1..64 threads");
+        return NULL;
+    }
+    pthread_t tids[64];
+    logjob_t jobs[64];
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (logjob_t){i, per, level, big,
+                             which ? "egtest.quiet" : "egtest.native"};
+        if (pthread_create(&tids[i], NULL, log_main, &jobs[i]) != 0) {
+            abort();
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < n; i++) {
+        pthread_join(tids[i], NULL);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_log_enabled(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int level, which = 0;
+    if (!PyArg_ParseTuple(args, "i|i", &level, &which)) {
+        return NULL;
+    }
+    return PyBool_FromLong(eg_log_enabled(level, which ? "egtest.quiet"
+                                                       : "egtest.native"));
+}
+
+/* ---- events ----------------------------------------------------------------- */
+
+static eg_event *the_event;
+
+static PyObject *
+t_event_wait(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (the_event == NULL && (the_event = eg_event_new()) == NULL) {
+        return PyErr_NoMemory();
+    }
+    int rc = eg_event_wait(the_event, timeout);
+    if (rc == -1) {
+        return NULL;         /* the signal handler's exception */
+    }
+    return PyLong_FromLong(rc);
+}
+
+static void *
+set_later_main(void *arg)
+{
+    sleep_us((int)(intptr_t)arg * 1000);
+    eg_event_set(the_event);
+    return NULL;
+}
+
+static PyObject *
+t_event_set_later(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long ms = PyLong_AsLong(arg);
+    if (ms == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (the_event == NULL && (the_event = eg_event_new()) == NULL) {
+        return PyErr_NoMemory();
+    }
+    eg_event_clear(the_event);
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, set_later_main, (void *)(intptr_t)ms)) {
+        abort();
+    }
+    pthread_detach(tid);
+    Py_RETURN_NONE;
+}
+
+/* ---- completion queues -------------------------------------------------------- */
+
+static atomic_long cq_ran, cq_cancelled, build_ran, build_cancelled,
+    accepted_plain, accepted_futures, refused_posts;
+
+/* Attached: a posted completion; arg is a malloc'd counter cell. */
+static void
+completion_fn(void *arg, int cancelled)
+{
+    free(arg);
+    atomic_fetch_add(cancelled ? &cq_cancelled : &cq_ran, 1);
+}
+
+typedef struct {
+    eg_cq *q;
+    long n;
+    int futures;              /* post futures instead */
+    eg_ref **refs;
+    long first;
+} poster_t;
+
+static PyObject *
+build_result(void *arg, int cancelled, int *is_exception)
+{
+    long i = (long)(intptr_t)arg;
+    if (cancelled) {
+        atomic_fetch_add(&build_cancelled, 1);
+        return NULL;
+    }
+    atomic_fetch_add(&build_ran, 1);
+    if (i % 1000 == 999) {
+        *is_exception = 1;
+        return PyObject_CallFunction(PyExc_ValueError, "l", i);
+    }
+    return PyLong_FromLong(i);
+}
+
+static void *
+poster_main(void *arg)
+{
+    poster_t *p = arg;
+    for (long i = 0; i < p->n; i++) {
+        int rc;
+        if (p->futures) {
+            rc = eg_cq_post_future(p->q, p->refs[i], build_result,
+                                   (void *)(intptr_t)(p->first + i));
+            if (rc < 0) {
+                eg_ref_release(p->refs[i]);    /* not taken over */
+            }
+            else {
+                atomic_fetch_add(&accepted_futures, 1);
+            }
+        }
+        else {
+            long *cell = malloc(sizeof(long));
+            rc = eg_cq_post(p->q, completion_fn, cell);
+            if (rc < 0) {
+                free(cell);
+            }
+            else {
+                atomic_fetch_add(&accepted_plain, 1);
+            }
+        }
+        if (rc < 0) {
+            atomic_fetch_add(&refused_posts, 1);
+        }
+        if (p->futures && (i & 63) == 0) {
+            sleep_us(50);       /* spread futures over the loop's run */
+        }
+    }
+    return NULL;
+}
+
+/* cq_post_many(cq, n, nthreads, join=True): post n completions. */
+static PyObject *
+t_cq_post_many(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *cqobj;
+    long n;
+    int nthreads = 2, join = 1;
+    if (!PyArg_ParseTuple(args, "Ol|ip", &cqobj, &n, &nthreads, &join)) {
+        return NULL;
+    }
+    eg_cq *q = eg_cq_from_object(cqobj);
+    if (q == NULL) {
+        return NULL;
+    }
+    if (nthreads < 1 || nthreads > 16) {
+        PyErr_SetString(PyExc_ValueError, "1..16 threads");
+        return NULL;
+    }
+    poster_t *ps = calloc((size_t)nthreads, sizeof(poster_t));
+    pthread_t *tids = calloc((size_t)nthreads, sizeof(pthread_t));
+    for (int i = 0; i < nthreads; i++) {
+        ps[i].q = q;
+        ps[i].n = n / nthreads + (i == 0 ? n % nthreads : 0);
+        if (pthread_create(&tids[i], NULL, poster_main, &ps[i]) != 0) {
+            abort();
+        }
+    }
+    if (join) {
+        Py_BEGIN_ALLOW_THREADS
+        for (int i = 0; i < nthreads; i++) {
+            pthread_join(tids[i], NULL);
+        }
+        Py_END_ALLOW_THREADS
+        free(ps);
+        free(tids);
+    }
+    else {
+        for (int i = 0; i < nthreads; i++) {
+            pthread_detach(tids[i]);   /* ps leaked on purpose */
+        }
+        free(tids);
+    }
+    Py_RETURN_NONE;
+}
+
+/* cq_complete_futures(cq, futures, nthreads=2): each future becomes an
+ * eg_ref (here, attached); native threads resolve them through the queue.
+ * Result i, or ValueError(i) for every thousandth.  Detached threads. */
+static PyObject *
+t_cq_complete_futures(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *cqobj, *futs;
+    int nthreads = 2;
+    if (!PyArg_ParseTuple(args, "OO|i", &cqobj, &futs, &nthreads)) {
+        return NULL;
+    }
+    eg_cq *q = eg_cq_from_object(cqobj);
+    if (q == NULL) {
+        return NULL;
+    }
+    PyObject *fast = PySequence_Fast(futs, "futures must be a sequence");
+    if (fast == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    eg_ref **refs = calloc((size_t)(n ? n : 1), sizeof(eg_ref *));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        refs[i] = eg_ref_new(PySequence_Fast_GET_ITEM(fast, i));
+        if (refs[i] == NULL) {
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    long per = (long)n / nthreads;
+    for (int t = 0; t < nthreads; t++) {
+        poster_t *p = calloc(1, sizeof(poster_t));   /* leaked on purpose */
+        p->q = q;
+        p->futures = 1;
+        p->first = t * per;
+        p->n = (t == nthreads - 1) ? (long)n - p->first : per;
+        p->refs = refs + p->first;
+        pthread_t tid;
+        if (pthread_create(&tid, NULL, poster_main, p) != 0) {
+            abort();
+        }
+        pthread_detach(tid);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_cq_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l,s:l,s:l}",
+                         "ran", atomic_load(&cq_ran),
+                         "cancelled", atomic_load(&cq_cancelled),
+                         "build_ran", atomic_load(&build_ran),
+                         "build_cancelled", atomic_load(&build_cancelled),
+                         "accepted_plain", atomic_load(&accepted_plain),
+                         "accepted_futures", atomic_load(&accepted_futures),
+                         "refused", atomic_load(&refused_posts));
+}
+
 /* A process-wide slot to pass a handle between interpreters (the .so, and
  * so this static, is shared by every interpreter that imports egtest). */
 static atomic_uintptr_t stash;
@@ -898,6 +1197,13 @@ static PyMethodDef methods[] = {
     {"run_in_thread", t_run_in_thread, METH_VARARGS, NULL},
     {"stash_set", t_stash_set, METH_O, NULL},
     {"churn_threads", t_churn_threads, METH_O, NULL},
+    {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
+    {"log_enabled", t_log_enabled, METH_VARARGS, NULL},
+    {"event_wait", t_event_wait, METH_O, NULL},
+    {"event_set_later", t_event_set_later, METH_O, NULL},
+    {"cq_post_many", t_cq_post_many, METH_VARARGS, NULL},
+    {"cq_complete_futures", t_cq_complete_futures, METH_VARARGS, NULL},
+    {"cq_counts", t_cq_counts, METH_NOARGS, NULL},
     {"churned", t_churned, METH_NOARGS, NULL},
     {"stash_get", t_stash_get, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},

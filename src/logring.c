@@ -1,0 +1,597 @@
+/*
+ * logring.c -- logging from native threads into Python's logging, without
+ * ever blocking the native thread or taking the GIL on its behalf.
+ *
+ * CAUTION: eg_log/eg_vlog and everything they call run on any thread with
+ * no thread state.  Only libc, atomics and raw malloc (once per logger
+ * name) there.  The forwarder attaches through the gate before it touches
+ * Python; eg__log_levels_changed and eg__log_stop_and_drain run attached.
+ *
+ * DESIGN
+ *
+ * One log system per process, delivering to the main interpreter's logging
+ * (the interpreter whose configuration a process's operator controls).
+ *
+ * - Level cache: an open-addressing table keyed by the *address* of the
+ *   logger name (callers pass string literals), so the disabled-level test
+ *   is a hash of a pointer and one relaxed load -- no strcmp, no lock.  Each
+ *   entry holds the threshold below which nothing is formatted; 0 means
+ *   "not known yet: format and let the forwarder decide".  The thresholds
+ *   are recomputed whenever logging's own caches are cleared (every
+ *   setLevel, logging.disable, dictConfig calls Manager._clear_cache, which
+ *   exitguard._logging wraps), and for new names on delivery.
+ * - Ring: a bounded multi-producer, single-consumer ring of fixed-size
+ *   slots in the shape of Vyukov's bounded queue: a producer claims a
+ *   position with one CAS, formats straight into the slot, and publishes it
+ *   with a release store of the slot's sequence number.  Full: the message
+ *   is dropped and counted (a counter, not spead2's flag), and after the
+ *   next delivered batch one warning on the "exitguard" logger says how
+ *   many were dropped.
+ * - Forwarder: a native thread, started by the first message, sleeps on an
+ *   eventfd that producers write only when it is asleep (a Dekker pair on
+ *   `sleeping`; seq_cst fences on both sides: the fence is a few ns of a
+ *   ~100 ns formatted message).  It attaches once per batch (eg_gil_ensure:
+ *   never after the gate closed) and hands the batch to
+ *   exitguard._logging.deliver, which builds LogRecords whose threadName,
+ *   thread and created are the native thread's.
+ * - Exit: phase 2 of the main interpreter stops and joins the forwarder
+ *   (GIL released), delivers what is left itself, attached, before the
+ *   gate closes -- nothing queued is lost -- and from then on eg_log writes
+ *   straight to stderr.
+ *
+ *   operation          | runs on                 | concurrent with
+ *   -------------------+-------------------------+---------------------------
+ *   eg_vlog (produce)  | any thread, no GIL      | producers, the consumer
+ *   level lookup/insert| any thread              | itself (CAS on the key)
+ *   consume            | forwarder, or phase 2   | producers (never two
+ *                      | after the join          | consumers at once)
+ *   levels_changed     | attached (main)         | lookups (relaxed stores)
+ */
+#include "eg_internal.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EG_LOG_SLOT_MSG 432          /* bytes of message text per slot */
+#define EG_LOG_LEVELS 1024           /* level-cache entries (2^n) */
+#define EG_LOG_BATCH 256             /* messages per attach */
+#define EG_LOG_TRUNC "...[truncated]"
+
+typedef struct {
+    _Atomic(const char *) key;       /* the caller's pointer; NULL: free */
+    _Atomic int threshold;           /* 0: unknown */
+    char *name;                      /* our copy, set before key publishes */
+} eg__loglevel;
+
+typedef struct {
+    _Atomic uint64_t seq;
+    int level;
+    uint32_t len;
+    eg__loglevel *logger;            /* NULL: root, or cache full */
+    const char *logger_raw;          /* when the cache was full */
+    unsigned long tid;
+    double created;
+    char thread[16];
+    char msg[EG_LOG_SLOT_MSG];
+} eg__logslot;
+
+static struct {
+    eg__loglevel levels[EG_LOG_LEVELS];
+    eg__logslot *slots;
+    uint64_t mask;
+    alignas(EG_CACHELINE) _Atomic uint64_t enqueue_pos;
+    alignas(EG_CACHELINE) uint64_t dequeue_pos;       /* consumer only */
+    alignas(EG_CACHELINE) _Atomic int sleeping;       /* forwarder idle */
+    int efd;
+    _Atomic int started;             /* forwarder thread created */
+    _Atomic int stop;                /* forwarder must exit */
+    _Atomic int stopped;             /* after phase 2: write to stderr */
+    pthread_t forwarder;
+    pthread_mutex_t start_lock;
+    PyObject *deliver;               /* exitguard._logging.deliver (main) */
+    _Atomic uint64_t delivered, dropped, dropped_unreported;
+    _Atomic uint64_t formatted, filtered;
+} eg__log = {
+    .efd = -1,
+    .start_lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static _Thread_local struct {
+    int named;
+    char name[16];
+    unsigned long tid;
+} eg__log_self;
+
+/* ---- Process setup --------------------------------------------------------- */
+
+void
+eg__log_process_init(void)
+{
+    uint64_t size = 1024;
+    const char *v = getenv("EXITGUARD_LOG_RING");
+    if (v != NULL && *v) {
+        char *end;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (*end == '\0' && n >= 16 && n <= (1ull << 24) && !(n & (n - 1))) {
+            size = n;
+        }
+        else {
+            fprintf(stderr, "exitguard: invalid EXITGUARD_LOG_RING '%s' "
+                    "(expected a power of two, 16 to 16777216); using "
+                    "1024\n", v);
+        }
+    }
+    eg__log.slots = calloc(size, sizeof(eg__logslot));
+    if (eg__log.slots == NULL) {
+        abort();
+    }
+    for (uint64_t i = 0; i < size; i++) {
+        atomic_init(&eg__log.slots[i].seq, i);
+    }
+    eg__log.mask = size - 1;
+    eg__log.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (eg__log.efd < 0) {
+        abort();
+    }
+}
+
+uint64_t
+eg__log_ring_size(void)
+{
+    return eg__log.mask + 1;
+}
+
+/* ---- Level cache ---------------------------------------------------------- */
+
+static inline uint32_t
+eg__ptr_hash(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x;
+}
+
+/* The cache entry for `name`, inserting it.  NULL when the table is full
+ * or out of memory (the message is then formatted and delivered by name). */
+static eg__loglevel *
+eg__level_entry(const char *name)
+{
+    uint32_t h = eg__ptr_hash(name);
+    for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
+        eg__loglevel *e = &eg__log.levels[(h + i) & (EG_LOG_LEVELS - 1)];
+        const char *k = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (EG_LIKELY(k == name)) {
+            return e;
+        }
+        if (k != NULL) {
+            continue;
+        }
+        /* Claim with a copy of the name in place: losers free theirs. */
+        char *copy = strdup(name);
+        if (copy == NULL) {
+            return NULL;
+        }
+        const char *expected = NULL;
+        if (atomic_compare_exchange_strong_explicit(
+                &e->key, &expected, (const char *)1,
+                memory_order_acq_rel, memory_order_acquire)) {
+            /* We own the slot: fill it, then publish the real key.
+             * Release pairs with the acquire load above. */
+            e->name = copy;
+            atomic_store_explicit(&e->threshold, 0, memory_order_relaxed);
+            atomic_store_explicit(&e->key, name, memory_order_release);
+            return e;
+        }
+        free(copy);
+        if (expected == name) {
+            return e;
+        }
+        /* Someone claimed it for another name (or is filling it): probe
+         * on.  A concurrent insert of the same name may land in a second
+         * entry; both stay correct, each with its own threshold. */
+    }
+    return NULL;
+}
+
+int
+eg_log_enabled(int level, const char *logger)
+{
+    const char *key = logger ? logger : "";
+    eg__loglevel *e = eg__level_entry(key);
+    return e == NULL
+        || level >= atomic_load_explicit(&e->threshold, memory_order_relaxed);
+}
+
+/* ---- Producer ------------------------------------------------------------------ */
+
+static void
+eg__log_thread_identity(void)
+{
+    if (!eg__log_self.named) {
+#if defined(__linux__)
+        if (pthread_getname_np(pthread_self(), eg__log_self.name,
+                               sizeof(eg__log_self.name)) != 0) {
+            strcpy(eg__log_self.name, "native");
+        }
+        eg__log_self.tid = (unsigned long)syscall(SYS_gettid);
+#else
+        strcpy(eg__log_self.name, "native");
+#endif
+        eg__log_self.named = 1;
+    }
+}
+
+static void *eg__forwarder_main(void *unused);
+
+static void
+eg__log_start_forwarder(void)
+{
+    eg__mutex_lock(&eg__log.start_lock);
+    if (!atomic_load(&eg__log.started) && !atomic_load(&eg__log.stopped)) {
+        if (pthread_create(&eg__log.forwarder, NULL, eg__forwarder_main,
+                           NULL) == 0) {
+#if defined(__linux__)
+            (void)pthread_setname_np(eg__log.forwarder, "eg-log");
+#endif
+            atomic_store(&eg__log.started, 1);
+        }
+    }
+    eg__mutex_unlock(&eg__log.start_lock);
+}
+
+static const char *
+eg__level_name(int level)
+{
+    switch (level) {
+    case EG_LOG_DEBUG:    return "DEBUG";
+    case EG_LOG_INFO:     return "INFO";
+    case EG_LOG_WARNING:  return "WARNING";
+    case EG_LOG_ERROR:    return "ERROR";
+    case EG_LOG_CRITICAL: return "CRITICAL";
+    default:              return "Level";
+    }
+}
+
+/* After phase 2: logging is gone for us; write one line to stderr with a
+ * single write(2), as logging's last-resort handler would format it. */
+static void
+eg__log_to_stderr(int level, const char *logger, const char *fmt, va_list ap)
+{
+    char line[EG_LOG_SLOT_MSG + 128];
+    int n = snprintf(line, sizeof(line), "%s:%s:", eg__level_name(level),
+                     logger && *logger ? logger : "root");
+    if (n < 0 || (size_t)n >= sizeof(line)) {
+        return;
+    }
+    int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof(line) - 2) {
+        len = sizeof(line) - 2;
+    }
+    line[len++] = '\n';
+    ssize_t w = write(2, line, len);
+    (void)w;
+}
+
+void
+eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
+{
+    const char *key = logger ? logger : "";
+    eg__loglevel *e = eg__level_entry(key);
+    /* The disabled case: one hash and one relaxed load.  A stale threshold
+     * only makes us format one message too many or too few right after a
+     * configuration change, never corrupt anything. */
+    if (e != NULL && level < atomic_load_explicit(&e->threshold,
+                                                  memory_order_relaxed)) {
+        atomic_fetch_add_explicit(&eg__log.filtered, 1, memory_order_relaxed);
+        return;
+    }
+    if (EG_UNLIKELY(atomic_load_explicit(&eg__log.stopped,
+                                         memory_order_acquire))) {
+        eg__log_to_stderr(level, logger, fmt, ap);
+        return;
+    }
+
+    /* Claim a slot (Vyukov): its sequence equals our position when free. */
+    uint64_t pos = atomic_load_explicit(&eg__log.enqueue_pos,
+                                        memory_order_relaxed);
+    eg__logslot *s;
+    for (;;) {
+        s = &eg__log.slots[pos & eg__log.mask];
+        /* Acquire pairs with the consumer's release of this slot. */
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        int64_t dif = (int64_t)(seq - pos);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(
+                    &eg__log.enqueue_pos, &pos, pos + 1,
+                    memory_order_relaxed, memory_order_relaxed)) {
+                break;
+            }
+        }
+        else if (dif < 0) {
+            /* Full: drop and count, never wait. */
+            atomic_fetch_add_explicit(&eg__log.dropped, 1,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&eg__log.dropped_unreported, 1,
+                                      memory_order_relaxed);
+            return;
+        }
+        else {
+            pos = atomic_load_explicit(&eg__log.enqueue_pos,
+                                       memory_order_relaxed);
+        }
+    }
+
+    eg__log_thread_identity();
+    s->level = level;
+    s->logger = e;
+    s->logger_raw = e ? NULL : key;
+    s->tid = eg__log_self.tid;
+    memcpy(s->thread, eg__log_self.name, sizeof(s->thread));
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    s->created = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+    int n = vsnprintf(s->msg, sizeof(s->msg), fmt, ap);
+    if (n < 0) {
+        n = 0;
+        s->msg[0] = '\0';
+    }
+    else if ((size_t)n >= sizeof(s->msg)) {
+        size_t keep = sizeof(s->msg) - sizeof(EG_LOG_TRUNC);
+        memcpy(s->msg + keep, EG_LOG_TRUNC, sizeof(EG_LOG_TRUNC));
+        n = (int)(keep + sizeof(EG_LOG_TRUNC) - 1);
+    }
+    s->len = (uint32_t)n;
+    atomic_fetch_add_explicit(&eg__log.formatted, 1, memory_order_relaxed);
+    /* Release: the consumer that acquires seq == pos + 1 sees the slot. */
+    atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+
+    if (EG_UNLIKELY(!atomic_load_explicit(&eg__log.started,
+                                          memory_order_relaxed))) {
+        eg__log_start_forwarder();
+    }
+    /* Dekker with the forwarder's "sleeping = 1; fence; check ring". */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&eg__log.sleeping, memory_order_relaxed)
+            && atomic_exchange_explicit(&eg__log.sleeping, 0,
+                                        memory_order_relaxed)) {
+        uint64_t one = 1;
+        ssize_t w = write(eg__log.efd, &one, sizeof(one));
+        (void)w;      /* EAGAIN: the counter is saturated, a wake is due */
+    }
+}
+
+void
+eg_log(int level, const char *logger, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    eg_vlog(level, logger, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- Consumer ----------------------------------------------------------------- */
+
+static int
+eg__log_ready(void)
+{
+    eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
+    return atomic_load_explicit(&s->seq, memory_order_acquire)
+        == eg__log.dequeue_pos + 1;
+}
+
+/* Attached to the main interpreter: the cached exitguard._logging.deliver,
+ * importing it (and installing its configuration hook) the first time.
+ * Borrowed; NULL with no exception when it cannot be had. */
+static PyObject *
+eg__log_deliver_fn(void)
+{
+    if (eg__log.deliver == NULL) {
+        PyObject *mod = PyImport_ImportModule("exitguard._logging");
+        if (mod != NULL) {
+            eg__log.deliver = PyObject_GetAttrString(mod, "deliver");
+            Py_DECREF(mod);
+        }
+        if (eg__log.deliver == NULL) {
+            PyErr_WriteUnraisable(NULL);
+            return NULL;
+        }
+    }
+    return eg__log.deliver;
+}
+
+/* Attached (main): deliver up to `max` messages; returns how many. */
+static Py_ssize_t
+eg__log_deliver_batch(Py_ssize_t max)
+{
+    PyObject *batch = PyList_New(0);
+    if (batch == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t n = 0;
+    while (n < max && eg__log_ready()) {
+        eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
+        const char *name = s->logger ? s->logger->name : s->logger_raw;
+        PyObject *item = Py_BuildValue(
+            "(s#is#kdn)", name ? name : "", (Py_ssize_t)strlen(name ? name : ""),
+            s->level, s->msg, (Py_ssize_t)s->len,
+            s->tid, s->created, (Py_ssize_t)0);
+        if (item != NULL) {
+            PyObject *tname = PyUnicode_DecodeUTF8(
+                s->thread, (Py_ssize_t)strnlen(s->thread, sizeof(s->thread)),
+                "replace");
+            if (tname != NULL) {
+                /* Slot 5 carries the thread name (replacing the 0). */
+                PyObject *old = PyTuple_GET_ITEM(item, 5);
+                PyTuple_SET_ITEM(item, 5, tname);
+                Py_DECREF(old);
+            }
+        }
+        /* Release the slot for producers: position + size. */
+        atomic_store_explicit(&s->seq, eg__log.dequeue_pos + eg__log.mask + 1,
+                              memory_order_release);
+        eg__log.dequeue_pos++;
+        n++;
+        if (item == NULL || PyList_Append(batch, item) < 0) {
+            PyErr_WriteUnraisable(NULL);    /* lost: say so, go on */
+        }
+        Py_XDECREF(item);
+    }
+    PyObject *fn = n ? eg__log_deliver_fn() : NULL;
+    if (fn != NULL) {
+        uint64_t dropped = atomic_exchange_explicit(
+            &eg__log.dropped_unreported, 0, memory_order_relaxed);
+        PyObject *r = PyObject_CallFunction(fn, "OK", batch,
+                                            (unsigned long long)dropped);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(fn);
+        }
+        Py_XDECREF(r);
+    }
+    Py_DECREF(batch);
+    atomic_fetch_add_explicit(&eg__log.delivered, (uint64_t)n,
+                              memory_order_relaxed);
+    return n;
+}
+
+static void *
+eg__forwarder_main(void *unused)
+{
+    (void)unused;
+    while (!atomic_load(&eg__log.stop)) {
+        if (!eg__log_ready()) {
+            atomic_store(&eg__log.sleeping, 1);
+            atomic_thread_fence(memory_order_seq_cst);
+            if (!eg__log_ready() && !atomic_load(&eg__log.stop)) {
+                struct pollfd p = {.fd = eg__log.efd, .events = POLLIN};
+                (void)poll(&p, 1, -1);
+            }
+            uint64_t v;
+            ssize_t r = read(eg__log.efd, &v, sizeof(v));
+            (void)r;
+            atomic_store(&eg__log.sleeping, 0);
+            continue;
+        }
+        eg_gil st;
+        if (eg_gil_ensure(NULL, &st) != 0) {
+            /* The gate is closed: phase 2 delivers what is left. */
+            break;
+        }
+        while (eg__log_ready() && !atomic_load(&eg__log.stop)) {
+            (void)eg__log_deliver_batch(EG_LOG_BATCH);
+        }
+        eg_gil_release(&st);
+    }
+    return NULL;
+}
+
+/* Main interpreter, phase 2, attached, before the gate closes: stop and
+ * join the forwarder (GIL released), deliver everything still queued,
+ * report drops, and switch eg_log to stderr. */
+void
+eg__log_stop_and_drain(void)
+{
+    eg__mutex_lock(&eg__log.start_lock);
+    int started = atomic_load(&eg__log.started);
+    atomic_store(&eg__log.stop, 1);
+    eg__mutex_unlock(&eg__log.start_lock);
+    if (started) {
+        uint64_t one = 1;
+        ssize_t w = write(eg__log.efd, &one, sizeof(one));
+        (void)w;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(eg__log.forwarder, NULL);
+        Py_END_ALLOW_THREADS
+    }
+    /* Producers racing with this keep landing in the ring until `stopped`
+     * is set; deliver until it is empty, then close it, then deliver the
+     * last ones that made it in before the switch. */
+    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
+    }
+    atomic_store_explicit(&eg__log.stopped, 1, memory_order_seq_cst);
+    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
+    }
+    if (atomic_load(&eg__log.dropped_unreported) && eg__log.deliver) {
+        PyObject *r = PyObject_CallFunction(
+            eg__log.deliver, "[]K",
+            (unsigned long long)atomic_exchange(&eg__log.dropped_unreported,
+                                                0));
+        if (r == NULL) {
+            PyErr_WriteUnraisable(NULL);
+        }
+        Py_XDECREF(r);
+    }
+    Py_CLEAR(eg__log.deliver);
+}
+
+/* Attached (main): logging's configuration changed (or, only_unknown,
+ * new names were seen); recompute the cached thresholds with
+ * threshold_fn(name) -> int. */
+int
+eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
+{
+    for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
+        eg__loglevel *e = &eg__log.levels[i];
+        const char *k = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (k == NULL || k == (const char *)1
+                || (only_unknown && atomic_load(&e->threshold) != 0)) {
+            continue;
+        }
+        PyObject *r = PyObject_CallFunction(threshold_fn, "s", e->name);
+        if (r == NULL) {
+            return -1;
+        }
+        long t = PyLong_AsLong(r);
+        Py_DECREF(r);
+        if (t == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        atomic_store_explicit(&e->threshold, (int)t, memory_order_relaxed);
+    }
+    return 0;
+}
+
+void
+eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
+              uint64_t *filtered)
+{
+    *delivered = atomic_load(&eg__log.delivered);
+    *dropped = atomic_load(&eg__log.dropped);
+    *formatted = atomic_load(&eg__log.formatted);
+    *filtered = atomic_load(&eg__log.filtered);
+}
+
+/* pthread_atfork child: the forwarder is gone.  A slot a producer had
+ * claimed but not published at fork time never will be: publish it empty
+ * so the consumer is not stuck behind it. */
+void
+eg__log_after_fork_child(void)
+{
+    if (pthread_mutex_init(&eg__log.start_lock, NULL) != 0) {
+        abort();
+    }
+    atomic_store(&eg__log.started, 0);
+    atomic_store(&eg__log.sleeping, 0);
+    atomic_store(&eg__log.stop, 0);
+    uint64_t end = atomic_load(&eg__log.enqueue_pos);
+    for (uint64_t p = eg__log.dequeue_pos; p != end; p++) {
+        eg__logslot *s = &eg__log.slots[p & eg__log.mask];
+        if (atomic_load(&s->seq) != p + 1) {
+            s->len = 0;
+            s->msg[0] = '\0';
+            s->logger = NULL;
+            s->logger_raw = "exitguard";
+            s->level = EG_LOG_DEBUG;
+            atomic_store(&s->seq, p + 1);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+"""exitguard.Event / eg_event_wait: waits that release the GIL and honour Ctrl-C."""
+
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import exitguard
+from conftest import assert_clean
+
+
+def test_set_clear_fileno():
+    ev = exitguard.Event()
+    assert not ev.is_set()
+    assert select.select([ev.fileno()], [], [], 0)[0] == []
+    ev.set()
+    ev.set()
+    assert ev.is_set() and ev.wait(0) is True
+    assert select.select([ev.fileno()], [], [], 0)[0] == [ev.fileno()]
+    ev.clear()
+    assert not ev.is_set()
+    assert select.select([ev.fileno()], [], [], 0)[0] == []
+    assert ev.wait(0.01) is False
+
+
+@pytest.mark.parametrize("bad,exc", [(-1, ValueError), (math.nan, ValueError), ("1", TypeError), (True, TypeError)])
+def test_bad_timeouts(bad, exc):
+    ev = exitguard.Event()
+    with pytest.raises(exc):
+        ev.wait(bad)
+    ev.set()
+    assert ev.wait(None) is True      # state intact after the errors
+
+
+def test_no_arguments():
+    with pytest.raises(TypeError):
+        exitguard.Event(1)
+
+
+def test_native_set_wakes_wait(run_py):
+    res = run_py(
+        """
+        import json, time, egtest
+        egtest.event_set_later(50)
+        t0 = time.monotonic()
+        rc = egtest.event_wait(10.0)
+        print(json.dumps({"rc": rc, "waited": time.monotonic() - t0}))
+        """
+    )
+    assert_clean(res)
+    assert res.data["rc"] == 0
+    assert res.data["waited"] < 5
+
+
+def test_timeout_from_deadline(run_py):
+    res = run_py(
+        """
+        import json, time, errno, egtest
+        t0 = time.monotonic()
+        rc = egtest.event_wait(0.2)
+        print(json.dumps({"rc": rc, "ETIMEDOUT": -errno.ETIMEDOUT, "waited": time.monotonic() - t0}))
+        """
+    )
+    assert_clean(res)
+    assert res.data["rc"] == res.data["ETIMEDOUT"]
+    assert res.data["waited"] >= 0.2
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["Event.wait", "eg_event_wait"])
+def test_sigint_raises_keyboardinterrupt_quickly(run_py, native):
+    """SIGINT while the main thread waits: KeyboardInterrupt, reported latency."""
+    res = run_py(
+        """
+        import json, os, signal, threading, time, exitguard, egtest
+        sent = []
+        def fire():
+            sent.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Timer(0.2, fire).start()
+        try:
+            if %r:
+                egtest.event_wait(30.0)
+            else:
+                exitguard.Event().wait(30)
+            outcome = "no exception"
+        except KeyboardInterrupt:
+            outcome = "KeyboardInterrupt"
+        print(json.dumps({"outcome": outcome, "latency_ms": (time.monotonic() - sent[0]) * 1e3}))
+        """
+        % native,
+        timeout=60,
+    )
+    assert_clean(res)
+    assert res.data["outcome"] == "KeyboardInterrupt"
+    assert res.data["latency_ms"] < 5000, res.describe()   # the bound itself is a benchmark figure
+
+
+def test_sigint_to_a_process_in_a_native_wait(run_py, ext_dir):
+    """Ctrl-C on a process blocked in a native wait ends it by KeyboardInterrupt."""
+    env = dict(os.environ, PYTHONPATH=ext_dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import egtest, sys; print('waiting', flush=True); egtest.event_wait(60.0)"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    assert proc.stdout.readline() == "waiting\n"
+    time.sleep(0.1)       # into the wait (nothing to synchronise on across processes)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode in (1, -signal.SIGINT), err
+    assert "KeyboardInterrupt" in err
+    assert "Fatal Python error" not in err
+
+
+def test_wait_in_progress_when_exit_begins_returns_stopping(run_py):
+    res = run_py(
+        """
+        import scenario, threading, exitguard
+        seen = []
+        scenario.at_exit(lambda: {"seen": seen})
+        ev = exitguard.Event()
+        def worker():
+            try:
+                ev.wait()                      # nobody will set it
+                seen.append("set")
+            except exitguard.StoppingError:
+                seen.append("stopping")
+        threading.Thread(target=worker).start()   # non-daemon: exit waits for it
+        """,
+        timeout=30,
+    )
+    assert_clean(res)
+    assert res.data["seen"] == ["stopping"]
+    assert res.elapsed < 20
