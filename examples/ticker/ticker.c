@@ -57,6 +57,8 @@ ticker_newref(PyObject *o)
 typedef struct {
 #ifndef TICKER_NAIVE
     eg_ref *ref;        /* feed(): a registered reference */
+    eg_ref *future;     /* submit(): resolve this future with ref's object */
+    eg_cq *cq;          /* ... through this completion queue */
 #endif
     PyObject *raw;      /* feed_raw(): a strong reference we own */
 } item_t;
@@ -88,10 +90,37 @@ typedef struct {
 
 /* ---- Workers: no GIL ------------------------------------------------------- */
 
+#ifndef TICKER_NAIVE
+/* Runs on the loop's thread, attached (or cancelled at exit): the result
+ * of a submitted item is the object itself. */
+static PyObject *
+build_result(void *arg, int cancelled, int *is_exception)
+{
+    eg_ref *ref = arg;
+    PyObject *obj = cancelled ? NULL : eg_ref_get(ref);
+    PyObject *result = obj ? Py_NewRef(obj) : NULL;
+    (void)is_exception;
+    eg_ref_release(ref);
+    if (!cancelled && result == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the object was released");
+    }
+    return result;
+}
+#endif
+
 static void
 drop_item(item_t it)
 {
 #ifndef TICKER_NAIVE
+    if (it.future != NULL) {
+        /* Hand the result to the loop; on refusal (queue closed) we still
+         * own both references. */
+        if (eg_cq_post_future(it.cq, it.future, build_result, it.ref) < 0) {
+            eg_ref_release(it.future);
+            eg_ref_release(it.ref);
+        }
+        return;
+    }
     if (it.ref != NULL) {
         eg_ref_release(it.ref);     /* any thread, no GIL */
     }
@@ -165,7 +194,7 @@ worker_main(void *arg)
         }
     }
 #ifndef TICKER_NAIVE
-    eg_log(EG_LOG_DEBUG, "ticker", "worker done after %ld items",
+    eg_log(EG_LOG_INFO, "ticker", "worker stopping; %ld items processed in all",
            atomic_load(&t->processed));
 #endif
     return NULL;
@@ -356,6 +385,35 @@ ticker_feed_raw(Ticker *t, PyObject *obj)
     return feed_one(t, obj, 0) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+#ifndef TICKER_NAIVE
+/* submit(queue, future, obj): a worker processes obj, then resolves
+ * future with it through the CompletionQueue (eg_cq_post_future). */
+static PyObject *
+ticker_submit(Ticker *t, PyObject *args)
+{
+    PyObject *cqobj, *future, *obj;
+    if (!PyArg_ParseTuple(args, "OOO", &cqobj, &future, &obj)) {
+        return NULL;
+    }
+    item_t it;
+    memset(&it, 0, sizeof(it));
+    if ((it.cq = eg_cq_from_object(cqobj)) == NULL
+            || (it.future = eg_ref_new(future)) == NULL) {
+        return NULL;
+    }
+    if ((it.ref = eg_ref_new(obj)) == NULL) {
+        eg_ref_release(it.future);
+        return NULL;
+    }
+    if (push_item(t, it) < 0) {
+        eg_ref_release(it.future);
+        eg_ref_release(it.ref);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyObject *
 ticker_feed_many(Ticker *t, PyObject *iterable)
 {
@@ -508,6 +566,9 @@ static PyMethodDef ticker_methods[] = {
     {"stop", (PyCFunction)ticker_stop, METH_NOARGS,
      "Stop the workers and join them (idempotent)."},
 #ifndef TICKER_NAIVE
+    {"submit", (PyCFunction)ticker_submit, METH_VARARGS,
+     "submit(queue, future, obj): process obj natively, then resolve future "
+     "with it through the CompletionQueue (keep a reference to the queue)."},
     {"hold", (PyCFunction)ticker_hold, METH_O,
      "Keep an eg_ref to obj that the ticker never releases."},
     {"held_get", (PyCFunction)ticker_held_get, METH_NOARGS,

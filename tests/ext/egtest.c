@@ -952,6 +952,7 @@ typedef struct {
     eg_cq *q;
     long n;
     int futures;              /* post futures instead */
+    int errors;               /* futures: every thousandth gets ValueError */
     eg_ref **refs;
     long first;
 } poster_t;
@@ -965,7 +966,7 @@ build_result(void *arg, int cancelled, int *is_exception)
         return NULL;
     }
     atomic_fetch_add(&build_ran, 1);
-    if (i % 1000 == 999) {
+    if (i >= 0 && i % 1000 == 999) {     /* negative: posted with errors=False */
         *is_exception = 1;
         return PyObject_CallFunction(PyExc_ValueError, "l", i);
     }
@@ -979,8 +980,9 @@ poster_main(void *arg)
     for (long i = 0; i < p->n; i++) {
         int rc;
         if (p->futures) {
+            long v = p->errors ? p->first + i : -1 - (p->first + i);
             rc = eg_cq_post_future(p->q, p->refs[i], build_result,
-                                   (void *)(intptr_t)(p->first + i));
+                                   (void *)(intptr_t)v);
             if (rc < 0) {
                 eg_ref_release(p->refs[i]);    /* not taken over */
             }
@@ -1062,8 +1064,8 @@ t_cq_complete_futures(PyObject *m, PyObject *args)
 {
     (void)m;
     PyObject *cqobj, *futs;
-    int nthreads = 2;
-    if (!PyArg_ParseTuple(args, "OO|i", &cqobj, &futs, &nthreads)) {
+    int nthreads = 2, errors = 1;
+    if (!PyArg_ParseTuple(args, "OO|ip", &cqobj, &futs, &nthreads, &errors)) {
         return NULL;
     }
     eg_cq *q = eg_cq_from_object(cqobj);
@@ -1089,6 +1091,7 @@ t_cq_complete_futures(PyObject *m, PyObject *args)
         poster_t *p = calloc(1, sizeof(poster_t));   /* leaked on purpose */
         p->q = q;
         p->futures = 1;
+        p->errors = errors;
         p->first = t * per;
         p->n = (t == nthreads - 1) ? (long)n - p->first : per;
         p->refs = refs + p->first;
