@@ -97,7 +97,7 @@ def test_sigint_raises_keyboardinterrupt_quickly(run_py, native):
     )
     assert_clean(res)
     assert res.data["outcome"] == "KeyboardInterrupt"
-    assert res.data["latency_ms"] < 5000, res.describe()   # the bound itself is a benchmark figure
+    assert res.data["latency_ms"] < 100, res.describe()     # the bound; typically < 1 ms
 
 
 def test_sigint_to_a_process_in_a_native_wait(run_py, ext_dir):

@@ -1,0 +1,47 @@
+"""EG_DEBUG=1 builds catch a double release of an eg_ref with a clear fatal message."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def debug_build(tmp_path_factory):
+    """exitguard built from this checkout with EG_DEBUG=1, in a folder of its own."""
+    out = tmp_path_factory.mktemp("debug")
+    env = dict(os.environ, EG_DEBUG="1", EG_WERROR="1")
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "-b", str(out), "-t", str(out / "tmp")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The package's Python files next to the debug _core.
+    pkg = out / "exitguard"
+    for name in os.listdir(os.path.join(ROOT, "src", "exitguard")):
+        if name.endswith(".py"):
+            shutil.copyfile(os.path.join(ROOT, "src", "exitguard", name), str(pkg / name))
+    return str(out)
+
+
+def test_double_release_is_fatal_in_debug_builds(run_py, debug_build):
+    res = run_py(
+        """
+        import sys
+        sys.path.insert(0, %r)
+        import exitguard
+        assert "debug" in exitguard._core.__file__
+        import egtest
+        h = egtest.ref_new(object())
+        egtest.ref_release(h)
+        egtest.ref_release(h)
+        print("not reached")
+        """ % debug_build,
+    )
+    assert res.returncode == -6, res.describe()          # abort()
+    assert "exitguard: fatal: eg_ref_release() called on an eg_ref that was already released (double release)" in res.stderr
+    assert "not reached" not in res.stdout
