@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <signal.h>
 #include <unistd.h>
 
 #if PY_VERSION_HEX < 0x030900A4
@@ -1118,6 +1119,23 @@ t_cq_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
                          "refused", atomic_load(&refused_posts));
 }
 
+/* ---- misbehaving on purpose (for exitguard.testing's own tests) ---------- */
+
+static PyObject *
+t_crash(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    raise(SIGSEGV);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_fatal(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    Py_FatalError("egtest: fatal on purpose");
+}
+
 /* A process-wide slot to pass a handle between interpreters (the .so, and
  * so this static, is shared by every interpreter that imports egtest). */
 static atomic_uintptr_t stash;
@@ -1200,6 +1218,8 @@ static PyMethodDef methods[] = {
     {"run_in_thread", t_run_in_thread, METH_VARARGS, NULL},
     {"stash_set", t_stash_set, METH_O, NULL},
     {"churn_threads", t_churn_threads, METH_O, NULL},
+    {"crash", t_crash, METH_NOARGS, NULL},
+    {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
     {"log_enabled", t_log_enabled, METH_VARARGS, NULL},
     {"event_wait", t_event_wait, METH_O, NULL},
