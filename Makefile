@@ -22,7 +22,7 @@ PIP := $(VPY) -m pip --disable-pip-version-check -q
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
 	$(PYTHON) -m venv --clear $(VENV)
-	$(PIP) install setuptools wheel pytest pytest-timeout
+	$(PIP) install --upgrade "setuptools>=61" wheel pytest pytest-timeout
 	touch $@
 
 venv: $(VENV)/.deps

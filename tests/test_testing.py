@@ -70,7 +70,15 @@ def test_leaked_references(env):
 
 
 def test_refused_attaches(env):
-    code = "import egtest\negtest.raw_attachers(2, None, 0)\n"
+    # The atexit hook (registered before exitguard is imported) runs after exitguard's
+    # phase 2 and waits until the raw threads have met the closed gate.
+    code = ("import atexit, time\n"
+            "def wait_refused():\n"
+            "    t0 = time.monotonic()\n"
+            "    while egtest.attach_counts()['refused'] == 0 and time.monotonic() - t0 < 10:\n"
+            "        time.sleep(0.001)\n"
+            "atexit.register(wait_refused)\n"
+            "import egtest\negtest.raw_attachers(2, None, 0)\n")
     assert_clean_exit(code, env=env, timeout=30)        # allowed by default
     e = _fails(code, env, timeout=30, refused_attaches_ok=False)
     assert e.kind == "refused attaches"

@@ -211,6 +211,9 @@ cxxpool_exec(PyObject *m)
 
 PyModuleDef_Slot cxxpool_slots[] = {
     {Py_mod_exec, reinterpret_cast<void *>(cxxpool_exec)},
+#if PY_VERSION_HEX >= 0x030D0000
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},         // std::mutex and atomics, never the GIL
+#endif
     {0, nullptr},
 };
 

@@ -617,6 +617,10 @@ ticker_exec(PyObject *m)
 
 static PyModuleDef_Slot ticker_module_slots[] = {
     {Py_mod_exec, (void *)ticker_exec},
+#if PY_VERSION_HEX >= 0x030D0000
+    /* Shared state is guarded by our own mutex and atomics. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 
