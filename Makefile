@@ -3,6 +3,7 @@
 #   make test        build and test with $(PYTHON) (default python3) in .venv/<version>
 #   make test-all    make test on every CPython >= 3.9 under pyenv (+ EXTRA_PYTHONS)
 #   make demo        build exitguard and examples/ticker, run the demo
+#   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
 #   make clean
 #
 # Each interpreter gets its own virtual environment; pytest and the build tools
@@ -17,7 +18,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv
+.PHONY: test test-all demo install clean venv torture
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -31,8 +32,18 @@ venv: $(VENV)/.deps
 install: $(VENV)/.deps
 	EG_WERROR=1 $(PIP) install --no-build-isolation --no-deps --force-reinstall .
 
+TORTURE_RUNS ?= 200
+TORTURE_SEED ?=
+
 test: install
 	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory torture
+
+# Randomized shutdown scenarios, each in a fresh interpreter; prints its seed and,
+# for a failure, the command that replays it.  make torture TORTURE_SEED=N replays a run.
+torture: $(VENV)/.deps
+	@[ -f $(VENV)/lib/*/site-packages/exitguard/__init__.py ] || $(MAKE) --no-print-directory install
+	$(VPY) tests/torture.py --runs $(TORTURE_RUNS) --build $(VENV)/egtest $(if $(TORTURE_SEED),--seed $(TORTURE_SEED))
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 # Every CPython >= 3.9 that pyenv has, newest patch of each listed version.

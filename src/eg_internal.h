@@ -281,12 +281,14 @@ struct timespec eg__deadline(double seconds);
 /* ---- Logging (logring.c) ------------------------------------------------- */
 
 void eg__log_process_init(void);
+int eg__log_init_main(void);       /* main interpreter's exec, attached */
 void eg__log_after_fork_child(void);
 /* Main interpreter, phase 2, attached: deliver everything, then stderr. */
 void eg__log_stop_and_drain(void);
 int eg__log_levels_changed(PyObject *threshold_fn, int only_unknown);
 void eg__log_stats(uint64_t *delivered, uint64_t *dropped,
-                   uint64_t *formatted, uint64_t *filtered);
+                   uint64_t *formatted, uint64_t *filtered,
+                   uint64_t *to_stderr);
 uint64_t eg__log_ring_size(void);
 
 /* ---- Completion queues (completion.c) ------------------------------------ */

@@ -96,7 +96,7 @@ static struct {
     pthread_mutex_t start_lock;
     PyObject *deliver;               /* exitguard._logging.deliver (main) */
     _Atomic uint64_t delivered, dropped, dropped_unreported;
-    _Atomic uint64_t formatted, filtered;
+    _Atomic uint64_t formatted, filtered, to_stderr;
 } eg__log = {
     .efd = -1,
     .start_lock = PTHREAD_MUTEX_INITIALIZER,
@@ -296,6 +296,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
     }
     if (EG_UNLIKELY(atomic_load_explicit(&eg__log.stopped,
                                          memory_order_acquire))) {
+        atomic_fetch_add_explicit(&eg__log.to_stderr, 1, memory_order_relaxed);
         eg__log_to_stderr(level, logger, fmt, ap);
         return;
     }
@@ -388,23 +389,33 @@ eg__log_ready(void)
         == eg__log.dequeue_pos + 1;
 }
 
-/* Attached to the main interpreter: the cached exitguard._logging.deliver,
- * importing it (and installing its configuration hook) the first time.
- * Borrowed; NULL with no exception when it cannot be had. */
+/* Main interpreter's module exec, attached: import exitguard._logging
+ * (installing its configuration hook) and keep its deliver function.
+ *
+ * Eagerly, on the importing thread, never from the forwarder: an import in
+ * progress on another thread when the process forks leaves that module's
+ * import lock held forever in the child (CPython re-creates only the
+ * global import lock after fork), and the child's phase 2 would block on
+ * it -- found by the torture suite. */
+int
+eg__log_init_main(void)
+{
+    if (eg__log.deliver != NULL) {
+        return 0;
+    }
+    PyObject *mod = PyImport_ImportModule("exitguard._logging");
+    if (mod == NULL) {
+        return -1;
+    }
+    eg__log.deliver = PyObject_GetAttrString(mod, "deliver");
+    Py_DECREF(mod);
+    return eg__log.deliver ? 0 : -1;
+}
+
+/* Attached (main): the deliver function, or NULL (not set up). */
 static PyObject *
 eg__log_deliver_fn(void)
 {
-    if (eg__log.deliver == NULL) {
-        PyObject *mod = PyImport_ImportModule("exitguard._logging");
-        if (mod != NULL) {
-            eg__log.deliver = PyObject_GetAttrString(mod, "deliver");
-            Py_DECREF(mod);
-        }
-        if (eg__log.deliver == NULL) {
-            PyErr_WriteUnraisable(NULL);
-            return NULL;
-        }
-    }
     return eg__log.deliver;
 }
 
@@ -562,8 +573,9 @@ eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
 
 void
 eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
-              uint64_t *filtered)
+              uint64_t *filtered, uint64_t *to_stderr)
 {
+    *to_stderr = atomic_load(&eg__log.to_stderr);
     *delivered = atomic_load(&eg__log.delivered);
     *dropped = atomic_load(&eg__log.dropped);
     *formatted = atomic_load(&eg__log.formatted);

@@ -835,9 +835,10 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
         goto fail;
     }
-    uint64_t ld, ldr, lf, lfi;
-    eg__log_stats(&ld, &ldr, &lf, &lfi);
+    uint64_t ld, ldr, lf, lfi, lse;
+    eg__log_stats(&ld, &ldr, &lf, &lfi, &lse);
     if (eg__set_u64(d, "log_delivered", ld) < 0
+        || eg__set_u64(d, "log_to_stderr", lse) < 0
         || eg__set_u64(d, "log_dropped", ldr) < 0
         || eg__set_u64(d, "log_formatted", lf) < 0
         || eg__set_u64(d, "log_filtered", lfi) < 0) {
@@ -1052,6 +1053,10 @@ eg_exec(PyObject *module)
         return -1;
     }
     if (st->rec->is_main) {
+        /* The main interpreter receives native log messages. */
+        if (eg__log_init_main() < 0) {
+            return -1;
+        }
         /* Signal handlers run on the main thread: eg_event_wait polls in
          * slices there (wait.c). */
         PyObject *thr = PyImport_ImportModule("threading");

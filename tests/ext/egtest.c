@@ -92,6 +92,8 @@ typedef struct {
     atomic_int *go;        /* start barrier, may be NULL */
 } job_t;
 
+static atomic_long n_job_items;      /* items dropped by job threads */
+
 static void *
 job_run(void *arg)
 {
@@ -107,8 +109,16 @@ job_run(void *arg)
         else {
             eg_decref((PyObject *)j->items[i]);
         }
+        atomic_fetch_add(&n_job_items, 1);
     }
     return NULL;
+}
+
+static PyObject *
+t_job_items(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return PyLong_FromLong(atomic_load(&n_job_items));
 }
 
 /* Split `seq` over nthreads raw pthreads that drop every item without the
@@ -824,6 +834,8 @@ typedef struct {
     const char *logger;
 } logjob_t;
 
+static atomic_long n_logged;          /* eg_log calls completed */
+
 static void *
 log_main(void *arg)
 {
@@ -838,8 +850,37 @@ log_main(void *arg)
         else {
             eg_log(j->level, j->logger, "t%d m%d", j->index, i);
         }
+        atomic_fetch_add(&n_logged, 1);
     }
     return NULL;
+}
+
+/* log_detached(nthreads, per_thread): like log_from_threads, not joined. */
+static PyObject *
+t_log_detached(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int n, per;
+    if (!PyArg_ParseTuple(args, "ii", &n, &per)) {
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        logjob_t *j = malloc(sizeof(*j));         /* leaked on purpose */
+        *j = (logjob_t){i, per, EG_LOG_INFO, 0, "egtest.native"};
+        pthread_t tid;
+        if (pthread_create(&tid, NULL, log_main, j) != 0) {
+            abort();
+        }
+        pthread_detach(tid);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_logged(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return PyLong_FromLong(atomic_load(&n_logged));
 }
 
 /* log_from_threads(nthreads, per_thread, level=20, which=0, big=False):
@@ -1218,6 +1259,9 @@ static PyMethodDef methods[] = {
     {"run_in_thread", t_run_in_thread, METH_VARARGS, NULL},
     {"stash_set", t_stash_set, METH_O, NULL},
     {"churn_threads", t_churn_threads, METH_O, NULL},
+    {"job_items", t_job_items, METH_NOARGS, NULL},
+    {"log_detached", t_log_detached, METH_VARARGS, NULL},
+    {"logged", t_logged, METH_NOARGS, NULL},
     {"crash", t_crash, METH_NOARGS, NULL},
     {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
