@@ -36,6 +36,7 @@ TORTURE_RUNS ?= 200
 TORTURE_SEED ?=
 
 test: install
+	$(MAKE) --no-print-directory -C tests/c run PYTHON=$(abspath $(VPY)) OUT=build/$(PYVER)
 	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory torture
 
@@ -67,4 +68,4 @@ demo: install
 	$(VPY) examples/ticker/demo.py
 
 clean:
-	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build
+	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/c/build

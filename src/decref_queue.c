@@ -126,7 +126,7 @@ eg__fence_producer(void)
         atomic_signal_fence(memory_order_seq_cst);
     }
     else {
-        atomic_thread_fence(memory_order_seq_cst);
+        eg__full_fence();
     }
 }
 
@@ -147,12 +147,12 @@ eg__fence_drainer(void)
          * drain follows: producers that ran a bare compiler barrier before
          * the switch are then caught by that drain. */
         atomic_store_explicit(&eg__membarrier_ok, 0, memory_order_seq_cst);
-        atomic_thread_fence(memory_order_seq_cst);
+        eg__full_fence();
         atomic_store_explicit(&eg__fence_failed, 1, memory_order_relaxed);
         return;
     }
 #endif
-    atomic_thread_fence(memory_order_seq_cst);
+    eg__full_fence();
 }
 
 /* ---- Per-thread lanes -------------------------------------------------- */
@@ -183,7 +183,11 @@ static void
 eg__tls_destructor(void *unused)
 {
     (void)unused;
-    for (eg__lane *l = eg__tls.lanes; l != NULL; l = l->tls_next) {
+    eg__lane *next;
+    for (eg__lane *l = eg__tls.lanes; l != NULL; l = next) {
+        /* Read the link first: once orphaned is set the drainer may free
+         * the lane at any moment (found by the TSan stress test). */
+        next = l->tls_next;
         /* Release: the drainer that reads orphaned == 1 (acquire) sees
          * every segment link and head this thread ever published. */
         atomic_store_explicit(&l->orphaned, 1, memory_order_release);

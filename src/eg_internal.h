@@ -72,6 +72,21 @@ eg__mutex_unlock(pthread_mutex_t *m)
     }
 }
 
+/* A full (seq_cst) fence.  ThreadSanitizer does not model fences (gcc
+ * refuses them with -fsanitize=thread), so TSan builds use a seq_cst
+ * read-modify-write on a private atomic instead: the same barrier on the
+ * hardware, and an operation TSan understands. */
+static inline void
+eg__full_fence(void)
+{
+#ifdef EG_TSAN
+    static _Atomic int eg__tsan_fence;
+    atomic_fetch_add_explicit(&eg__tsan_fence, 0, memory_order_seq_cst);
+#else
+    atomic_thread_fence(memory_order_seq_cst);
+#endif
+}
+
 /* Print "exitguard: fatal: <msg>" and abort.  For broken invariants only
  * (double release in debug builds); GIL-free, async-signal-unsafe. */
 EG_COLD void eg__fatal(const char *msg);

@@ -360,7 +360,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
         eg__log_start_forwarder();
     }
     /* Dekker with the forwarder's "sleeping = 1; fence; check ring". */
-    atomic_thread_fence(memory_order_seq_cst);
+    eg__full_fence();
     if (atomic_load_explicit(&eg__log.sleeping, memory_order_relaxed)
             && atomic_exchange_explicit(&eg__log.sleeping, 0,
                                         memory_order_relaxed)) {
@@ -481,7 +481,7 @@ eg__forwarder_main(void *unused)
     while (!atomic_load(&eg__log.stop)) {
         if (!eg__log_ready()) {
             atomic_store(&eg__log.sleeping, 1);
-            atomic_thread_fence(memory_order_seq_cst);
+            eg__full_fence();
             if (!eg__log_ready() && !atomic_load(&eg__log.stop)) {
                 struct pollfd p = {.fd = eg__log.efd, .events = POLLIN};
                 (void)poll(&p, 1, -1);
