@@ -4,6 +4,7 @@
 #   make test-all    make test on every CPython >= 3.9 under pyenv (+ EXTRA_PYTHONS)
 #   make demo        build exitguard and examples/ticker, run the demo
 #   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
+#   make valgrind    exitguard's paths under valgrind memcheck
 #   make clean
 #
 # Each interpreter gets its own virtual environment; pytest and the build tools
@@ -18,12 +19,12 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture
+.PHONY: test test-all demo install clean venv torture valgrind
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
 	$(PYTHON) -m venv --clear $(VENV)
-	$(PIP) install --upgrade "setuptools>=61" wheel pytest pytest-timeout
+	$(PIP) install --upgrade "setuptools>=61" wheel pytest pytest-timeout hypothesis
 	touch $@
 
 venv: $(VENV)/.deps
@@ -62,6 +63,14 @@ test-all:
 	done; \
 	echo; echo "=== test-all summary"; cat .test-all.summary; rm -f .test-all.summary; \
 	exit $$status
+
+# exitguard's paths under valgrind memcheck (tests/valgrind_scenarios.py, through
+# python -m exitguard.leakcheck): fails on definite leaks or invalid accesses
+# outside CPython -- exitguard's own frames included.
+valgrind: install
+	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker
+	$(VPY) tests/torture.py --runs 0 --build $(VENV)/egtest
+	PYTHONPATH=$(VENV)/egtest $(VPY) -m exitguard.leakcheck -- $(VPY) tests/valgrind_scenarios.py
 
 demo: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker

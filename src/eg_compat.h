@@ -108,4 +108,23 @@ eg__PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #  define EG_SLOT_GIL
 #endif
 
+/* ---- Free-threaded builds: biased reference counting ---------------------
+ * On free-threaded builds an object's reference count is split between its
+ * owning thread (the one that allocated it) and everybody else.  A decref
+ * from another thread -- exactly what a deferred decref is -- can push the
+ * shared count negative, and then the object is queued for its owner to
+ * merge and free; the owner does that only when its eval loop checks the
+ * eval breaker (_Py_brc_merge_refcounts), or when its thread state is
+ * deleted.  A native thread that attaches through exitguard to create
+ * objects but never runs Python bytecode would let them pile up for ever
+ * (the torture and fork tests ran a 3.13t process out of memory).  So on
+ * those builds eg_gil_ensure runs one tiny Python function after attaching:
+ * its RESUME checks the eval breaker and merges the thread's queue.  There
+ * is no public API for the merge (_Py_HandlePending is internal). */
+#if defined(Py_GIL_DISABLED)
+#  define EG_FREE_THREADED 1
+#else
+#  define EG_FREE_THREADED 0
+#endif
+
 #endif /* EG_COMPAT_H */

@@ -333,6 +333,7 @@ struct eg__interp {
     eg__threads threads;
     int stop_efd;                   /* readable once phase 1 has begun */
     _Atomic(unsigned long) phase_thread;  /* running the phases (or 0) */
+    PyObject *noop;                 /* free-threaded: see eg_compat.h */
     pthread_mutex_t cq_lock;        /* protects cqs */
     struct eg_cq *cqs;
     eg__registry refs;              /* large: keep last */

@@ -318,6 +318,17 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
     ST_ENTRY(st) = e;
     ST_MODE(st) = (void *)(uintptr_t)EG_GIL_ATTACHED;
     atomic_fetch_add_explicit(&g->attach_ok, 1, memory_order_relaxed);
+#if EG_FREE_THREADED
+    if (in->noop != NULL) {
+        /* Let this thread merge the objects it owns that other threads
+         * released (see eg_compat.h). */
+        PyObject *r = PyObject_CallNoArgs(in->noop);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+#endif
     /* An exitguard entry point: apply what is queued for this interpreter
      * (the only way a subinterpreter's queue drains between flushes). */
     eg__decref_maybe_drain(in);

@@ -1052,6 +1052,24 @@ eg_exec(PyObject *module)
                                  st->StoppingError) < 0) {
         return -1;
     }
+#if EG_FREE_THREADED
+    if (st->rec->noop == NULL) {
+        /* A Python-level function (its RESUME checks the eval breaker);
+         * kept for the life of the interpreter. */
+        PyObject *globals = PyDict_New();
+        if (globals == NULL || PyDict_SetItemString(
+                globals, "__builtins__", PyEval_GetBuiltins()) < 0) {
+            Py_XDECREF(globals);
+            return -1;
+        }
+        st->rec->noop = PyRun_String("lambda: None", Py_eval_input, globals,
+                                     globals);
+        Py_DECREF(globals);
+        if (st->rec->noop == NULL) {
+            return -1;
+        }
+    }
+#endif
     if (st->rec->is_main) {
         /* The main interpreter receives native log messages. */
         if (eg__log_init_main() < 0) {

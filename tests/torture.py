@@ -226,6 +226,7 @@ def main(argv=None):
     env = dict(os.environ, PYTHONFAULTHANDLER="1")
     env.pop("EXITGUARD_LEAKS", None)
     if args.build:
+        args.build = os.path.abspath(args.build)
         os.makedirs(args.build, exist_ok=True)
         build_egtest(args.build)
         env["PYTHONPATH"] = os.pathsep.join([args.build, HERE] + [p for p in [env.get("PYTHONPATH")] if p])

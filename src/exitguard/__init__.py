@@ -31,6 +31,7 @@ __all__ = [
     "get_include",
     "state",
     "stats",
+    "valgrind_suppressions",
     "__version__",
 ]
 
@@ -45,6 +46,11 @@ def exit_stopper(callback, /, *args, **kwargs):
     Raises ``TypeError`` if ``callback`` is not callable.
     """
     return ExitStopper(callback, *args, **kwargs)
+
+
+def valgrind_suppressions():
+    """Return the path of exitguard's valgrind suppression file (for memcheck runs)."""
+    return _os.path.join(_os.path.dirname(__file__), "valgrind.supp")
 
 
 def get_include():

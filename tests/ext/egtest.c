@@ -1162,6 +1162,23 @@ t_cq_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
 
 /* ---- misbehaving on purpose (for exitguard.testing's own tests) ---------- */
 
+/* Lose a malloc'd block: a definite leak in this module, for leakcheck. */
+static void *volatile leak_sink;
+
+static PyObject *
+t_leak_bytes(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long n = PyLong_AsLong(arg);
+    if (n < 0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    leak_sink = malloc((size_t)n);
+    memset(leak_sink, 1, (size_t)n);
+    leak_sink = NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 t_crash(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
@@ -1263,6 +1280,7 @@ static PyMethodDef methods[] = {
     {"log_detached", t_log_detached, METH_VARARGS, NULL},
     {"logged", t_logged, METH_NOARGS, NULL},
     {"crash", t_crash, METH_NOARGS, NULL},
+    {"leak_bytes", t_leak_bytes, METH_O, NULL},
     {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
     {"log_enabled", t_log_enabled, METH_VARARGS, NULL},

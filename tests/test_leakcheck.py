@@ -1,0 +1,40 @@
+"""python -m exitguard.leakcheck: valgrind with exitguard's suppressions, summary per
+shared object, non-zero only for problems outside CPython."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import exitguard
+
+pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+
+
+def test_suppressions_are_installed():
+    path = exitguard.valgrind_suppressions()
+    assert os.path.isfile(path)
+    with open(path) as f:
+        assert f.read().startswith("# valgrind.supp")
+
+
+def _leakcheck(ext_dir, code):
+    env = dict(os.environ, PYTHONPATH=ext_dir)
+    return subprocess.run([sys.executable, "-m", "exitguard.leakcheck", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_leaking_extension_is_named_and_fails(ext_dir):
+    proc = _leakcheck(ext_dir, "import egtest; egtest.leak_bytes(4096)")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if "definite leak" in l]
+    assert lines and "egtest" in lines[0], proc.stdout       # the user's module first
+    assert "4096 bytes" in lines[0]
+    assert "leakcheck: FAILED" in proc.stdout
+
+
+def test_clean_extension_passes(ext_dir):
+    proc = _leakcheck(ext_dir, "import egtest, exitguard; h = egtest.ref_new(object()); egtest.release_in_threads([h])")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
