@@ -5,6 +5,7 @@
 #   make demo        build exitguard and examples/ticker, run the demo
 #   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
 #   make valgrind    exitguard's paths under valgrind memcheck
+#   make bench       benchmarks against same-run baselines (bench-all, bench-callgrind)
 #   make clean
 #
 # Each interpreter gets its own virtual environment; pytest and the build tools
@@ -19,7 +20,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture valgrind
+.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -72,9 +73,20 @@ valgrind: install
 	$(VPY) tests/torture.py --runs 0 --build $(VENV)/egtest
 	PYTHONPATH=$(VENV)/egtest $(VPY) -m exitguard.leakcheck -- $(VPY) tests/valgrind_scenarios.py
 
+# Benchmarks (issue 5): figures beside same-run baselines; see docs/performance.md.
+bench: install
+	$(PIP) install matplotlib
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+bench-all:
+	@for py in $(ALL_PYTHONS); do $(MAKE) --no-print-directory bench PYTHON=$$py || exit 1; done
+
+bench-callgrind: install
+	$(VPY) bench/callgrind.py
+
 demo: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker
 	$(VPY) examples/ticker/demo.py
 
 clean:
-	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/c/build
+	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/c/build bench/build
