@@ -25,7 +25,8 @@ PIP := $(VPY) -m pip --disable-pip-version-check -q
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
 	$(PYTHON) -m venv --clear $(VENV)
-	$(PIP) install --upgrade "setuptools>=61" wheel pytest pytest-timeout hypothesis
+	$(PIP) install --upgrade "setuptools>=61" wheel pytest pytest-timeout
+	$(PIP) install --only-binary hypothesis hypothesis   # never a source build (3.13t: Rust)
 	touch $@
 
 venv: $(VENV)/.deps
