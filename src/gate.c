@@ -68,10 +68,11 @@ struct eg_interp {
 
 /* ---- The gate word ----------------------------------------------------- */
 
-void
-eg__gate_init(eg__gate *g)
+/* (Re-)create the gate's locks; the condition variable waits on
+ * CLOCK_MONOTONIC deadlines. */
+static void
+eg__gate_init_locks(eg__gate *g)
 {
-    memset(g, 0, sizeof(*g));
     pthread_condattr_t attr;
     if (pthread_mutex_init(&g->lock, NULL) != 0
             || pthread_mutex_init(&g->ts_lock, NULL) != 0
@@ -81,6 +82,13 @@ eg__gate_init(eg__gate *g)
         abort();
     }
     pthread_condattr_destroy(&attr);
+}
+
+void
+eg__gate_init(eg__gate *g)
+{
+    memset(g, 0, sizeof(*g));
+    eg__gate_init_locks(g);
 }
 
 int
@@ -437,15 +445,7 @@ void
 eg__gate_after_fork_child(eg__interp *in)
 {
     eg__gate *g = &in->gate;
-    pthread_condattr_t attr;
-    if (pthread_mutex_init(&g->lock, NULL) != 0
-            || pthread_mutex_init(&g->ts_lock, NULL) != 0
-            || pthread_condattr_init(&attr) != 0
-            || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0
-            || pthread_cond_init(&g->left, &attr) != 0) {
-        abort();
-    }
-    pthread_condattr_destroy(&attr);
+    eg__gate_init_locks(g);
     uint64_t mine = 0;
     g->entries = NULL;
     for (eg__tsentry *e = eg__tls_ts.entries; e != NULL; e = e->tls_next) {

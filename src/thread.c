@@ -170,13 +170,15 @@ eg__register(eg__threads *th, struct eg_thread *t)
     th->live++;
 }
 
-int
-eg_thread_start(eg_thread **out, const char *name, void (*run)(void *arg),
-                void (*request_stop)(void *arg), void *arg)
+/* Attached: allocate a handle for the current interpreter and register it,
+ * then run `started` (may be NULL) under the registry lock -- so phase 1
+ * never sees a registered thread half set up.  Returns 0 with *out, or a
+ * negative errno (the handle freed). */
+static int
+eg__thread_register_new(eg_thread **out, const char *name, void *arg,
+                        void (*run)(void *), void (*request_stop)(void *),
+                        int (*join)(void *, double))
 {
-    if (out == NULL || run == NULL) {
-        return -EINVAL;
-    }
     *out = NULL;
     eg__interp *in = eg__interp_current();
     if (in == NULL) {
@@ -188,31 +190,46 @@ eg_thread_start(eg_thread **out, const char *name, void (*run)(void *arg),
     }
     t->run = run;
     t->request_stop = request_stop;
+    t->join_cb = join;
     eg__threads *th = &in->threads;
-
+    int rc = 0;
     eg__mutex_lock(&th->lock);
     if (th->closed) {
-        eg__mutex_unlock(&th->lock);
-        free(t);
-        return -ESHUTDOWN;
+        rc = -ESHUTDOWN;
+        goto done;
     }
     eg__register(th, t);
-    /* Start under the lock so phase 1 never sees a registered thread
-     * without a tid.  The new thread only takes the lock when run() ends. */
-    int rc = pthread_create(&t->tid, NULL, eg__thread_main, t);
-    if (rc != 0) {
-        eg__unregister(th, t);
-        th->live--;
-        eg__mutex_unlock(&th->lock);
-        free(t);
-        return rc == EAGAIN ? -EAGAIN : -ENOMEM;
-    }
+    if (run != NULL) {
+        /* The new thread only takes the lock when run() ends. */
+        int err = pthread_create(&t->tid, NULL, eg__thread_main, t);
+        if (err != 0) {
+            eg__unregister(th, t);
+            th->live--;
+            rc = err == EAGAIN ? -EAGAIN : -ENOMEM;
+            goto done;
+        }
 #if defined(__linux__)
-    (void)pthread_setname_np(t->tid, t->name);
+        (void)pthread_setname_np(t->tid, t->name);
 #endif
+    }
+done:
     eg__mutex_unlock(&th->lock);
+    if (rc < 0) {
+        free(t);
+        return rc;
+    }
     *out = t;
     return 0;
+}
+
+int
+eg_thread_start(eg_thread **out, const char *name, void (*run)(void *arg),
+                void (*request_stop)(void *arg), void *arg)
+{
+    if (out == NULL || run == NULL) {
+        return -EINVAL;
+    }
+    return eg__thread_register_new(out, name, arg, run, request_stop, NULL);
 }
 
 int
@@ -223,28 +240,7 @@ eg_thread_adopt(eg_thread **out, const char *name,
     if (out == NULL || join == NULL) {
         return -EINVAL;
     }
-    *out = NULL;
-    eg__interp *in = eg__interp_current();
-    if (in == NULL) {
-        return -ESHUTDOWN;
-    }
-    struct eg_thread *t = eg__thread_alloc(in, name, arg);
-    if (t == NULL) {
-        return -ENOMEM;
-    }
-    t->request_stop = request_stop;
-    t->join_cb = join;
-    eg__threads *th = &in->threads;
-    eg__mutex_lock(&th->lock);
-    if (th->closed) {
-        eg__mutex_unlock(&th->lock);
-        free(t);
-        return -ESHUTDOWN;
-    }
-    eg__register(th, t);
-    eg__mutex_unlock(&th->lock);
-    *out = t;
-    return 0;
+    return eg__thread_register_new(out, name, arg, NULL, request_stop, join);
 }
 
 int

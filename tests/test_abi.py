@@ -26,8 +26,8 @@ def _fake_pkg(tmp_path, abi, size):
     return str(tmp_path / "fake")
 
 
-def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
-    fake = _fake_pkg(tmp_path, abi=99, size=4096)
+def _import_error(run_py, fake):
+    """Import egtest against the fake exitguard; the ImportError message or None."""
     res = run_py(
         """
         import sys, json
@@ -40,27 +40,18 @@ def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
         """ % fake
     )
     assert_clean(res)
-    msg = res.data["error"]
+    return res.data["error"]
+
+
+def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
+    msg = _import_error(run_py, _fake_pkg(tmp_path, abi=99, size=4096))
     assert msg is not None
     assert "ABI 1" in msg and "ABI 99" in msg, msg
     assert "exitguard 0.1.0" in msg and "exitguard 7.3.1" in msg, msg
 
 
 def test_smaller_table_is_refused(run_py, tmp_path):
-    fake = _fake_pkg(tmp_path, abi=1, size=16)
-    res = run_py(
-        """
-        import sys, json
-        sys.path.insert(0, %r)
-        try:
-            import egtest
-            print(json.dumps({"error": None}))
-        except ImportError as e:
-            print(json.dumps({"error": str(e)}))
-        """ % fake
-    )
-    assert_clean(res)
-    assert "table of 16 bytes" in res.data["error"]
+    assert "table of 16 bytes" in _import_error(run_py, _fake_pkg(tmp_path, abi=1, size=16))
 
 
 def test_matching_abi_imports(run_py):
