@@ -582,6 +582,34 @@ eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
     *filtered = atomic_load(&eg__log.filtered);
 }
 
+/* For tests/c/stress_logring.c only: pop one published message without
+ * Python.  The caller becomes the ring's single consumer: the first call
+ * marks the forwarder as started, so none is ever created.  Returns 1 and
+ * fills level/msg, or 0 when the next slot is not published yet.  Not part
+ * of exitguard's API. */
+int
+eg__log_pop_raw(int *level, char *msg, size_t cap)
+{
+    if (!atomic_load_explicit(&eg__log.started, memory_order_relaxed)) {
+        eg__mutex_lock(&eg__log.start_lock);
+        atomic_store(&eg__log.started, 1);
+        eg__mutex_unlock(&eg__log.start_lock);
+    }
+    if (!eg__log_ready()) {
+        return 0;
+    }
+    eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
+    *level = s->level;
+    size_t n = s->len < cap - 1 ? s->len : cap - 1;
+    memcpy(msg, s->msg, n);
+    msg[n] = '\0';
+    atomic_store_explicit(&s->seq, eg__log.dequeue_pos + eg__log.mask + 1,
+                          memory_order_release);
+    eg__log.dequeue_pos++;
+    atomic_fetch_add_explicit(&eg__log.delivered, 1, memory_order_relaxed);
+    return 1;
+}
+
 /* pthread_atfork child: the forwarder is gone.  A slot a producer had
  * claimed but not published at fork time never will be: publish it empty
  * so the consumer is not stuck behind it. */
