@@ -12,10 +12,12 @@ class Table(ctypes.Structure):
                 ("version_hex", ctypes.c_uint32), ("reserved", ctypes.c_uint32),
                 ("slots", ctypes.c_void_p * 64)]
 _table = Table(%(abi)d, %(size)d, (7 << 16) | (3 << 8) | 1, 0)
+# The capsule keeps a pointer to its name: the buffer must live as long as it.
+_NAME = ctypes.create_string_buffer(b"exitguard._C_API")
 PyCapsule_New = ctypes.pythonapi.PyCapsule_New
 PyCapsule_New.restype = ctypes.py_object
-PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
-_C_API = PyCapsule_New(ctypes.addressof(_table), b"exitguard._C_API", None)
+PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+_C_API = PyCapsule_New(ctypes.addressof(_table), ctypes.addressof(_NAME), None)
 '''
 
 

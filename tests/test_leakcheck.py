@@ -10,6 +10,9 @@ import pytest
 
 import exitguard
 
+import sysconfig
+
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 
 
@@ -26,6 +29,17 @@ def _leakcheck(ext_dir, code):
                           capture_output=True, text=True, env=env, timeout=600)
 
 
+def test_free_threaded_build_is_refused_clearly(ext_dir):
+    if not FREE_THREADED:
+        proc = _leakcheck(ext_dir, "pass")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return
+    proc = _leakcheck(ext_dir, "pass")
+    assert proc.returncode == 2
+    assert "PYTHONMALLOC=malloc" in proc.stderr
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
 def test_leaking_extension_is_named_and_fails(ext_dir):
     proc = _leakcheck(ext_dir, "import egtest; egtest.leak_bytes(4096)")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -35,6 +49,7 @@ def test_leaking_extension_is_named_and_fails(ext_dir):
     assert "leakcheck: FAILED" in proc.stdout
 
 
+@pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
 def test_clean_extension_passes(ext_dir):
     proc = _leakcheck(ext_dir, "import egtest, exitguard; h = egtest.ref_new(object()); egtest.release_in_threads([h])")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,7 +6,8 @@ COMMAND runs with PYTHONMALLOC=malloc (so valgrind sees every allocation), exitg
 valgrind suppressions (exitguard.valgrind_suppressions()) and EXITGUARD_LEAKS=warn.  The
 summary groups definite leaks and invalid memory accesses by the shared object at the top
 of each stack -- your extension modules first, CPython's own last -- and the exit status
-is non-zero when any of them come from outside CPython.
+is non-zero when any of them come from outside CPython.  Free-threaded builds cannot run
+with PYTHONMALLOC=malloc (they need mimalloc): leakcheck refuses them with status 2.
 """
 
 import argparse
@@ -84,6 +85,10 @@ def main(argv=None):
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no COMMAND given (put it after --)")
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        print("leakcheck: free-threaded CPython cannot run with PYTHONMALLOC=malloc (it needs "
+              "mimalloc), so valgrind cannot see its allocations; use a GIL build", file=sys.stderr)
+        return 2
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         print("leakcheck: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
