@@ -283,7 +283,10 @@ EG_FUNC void eg_interp_close(eg_interp *h);
  *   thread attached to another interpreter is detached from it and
  *   re-attached by the matching release.  The thread state is cached per
  *   (OS thread, interpreter) and deleted when the thread ends or in the
- *   interpreter's phase 2.  Drains the interpreter's decref queue.
+ *   interpreter's phase 2.  Drains the interpreter's decref queue.  On
+ *   free-threaded builds it also runs one no-op Python function so that the
+ *   thread merges the reference counts of objects it owns (see
+ *   docs/api.md).
  * Pair: eg_gil_release(st) on the same thread, in LIFO order. */
 EG_FUNC int eg_gil_ensure(eg_interp *h, eg_gil *st);
 
