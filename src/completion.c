@@ -352,6 +352,21 @@ eg__cq_free(eg_cq *q)
     free(q);
 }
 
+/* pthread_atfork child, no Python API: a poster that was inside
+ * eg__cq_push at fork time does not exist in the child, so its count in
+ * `inflight` would make close() wait for ever (found by the torture suite).
+ * Its node is in the list or it is not -- the CAS decided before the fork. */
+void
+eg__cq_after_fork_child(eg__interp *in)
+{
+    if (pthread_mutex_init(&in->cq_lock, NULL) != 0) {
+        abort();
+    }
+    for (eg_cq *q = in->cqs; q != NULL; q = q->next) {
+        atomic_store_explicit(&q->inflight, 0, memory_order_relaxed);
+    }
+}
+
 /* Phase 2, attached: close every queue of the interpreter.  The queues stay
  * allocated (their Python objects still own them); they are only closed. */
 void

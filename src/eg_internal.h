@@ -317,6 +317,7 @@ Py_ssize_t eg__cq_run(eg_cq *q);
 void eg__cq_close(eg_cq *q);
 void eg__cq_free(eg_cq *q);
 void eg__cq_close_all(eg__interp *in);
+void eg__cq_after_fork_child(eg__interp *in);
 
 /* ---- The per-interpreter record (interp.c) ------------------------------- */
 

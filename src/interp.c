@@ -173,9 +173,7 @@ eg__atfork_child(void)
         eg__registry_after_fork_child(&in->refs);
         eg__stoppers_after_fork_child(&in->stoppers);
         eg__gate_after_fork_child(in);
-        if (pthread_mutex_init(&in->cq_lock, NULL) != 0) {
-            abort();
-        }
+        eg__cq_after_fork_child(in);
         eg__threads_after_fork_child(&in->threads);
         if (!in->is_main
                 && atomic_load_explicit(&in->pyinterp,
