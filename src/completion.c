@@ -364,6 +364,12 @@ eg__cq_after_fork_child(eg__interp *in)
     }
     for (eg_cq *q = in->cqs; q != NULL; q = q->next) {
         atomic_store_explicit(&q->inflight, 0, memory_order_relaxed);
+        eg__reopen_eventfd(q->efd);
+        if (atomic_load_explicit(&q->head, memory_order_relaxed) != NULL) {
+            uint64_t one = 1;        /* still pending: keep the fd readable */
+            ssize_t w = write(q->efd, &one, sizeof(one));
+            (void)w;
+        }
     }
 }
 

@@ -72,7 +72,9 @@
 #include "eg_internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -321,6 +323,104 @@ eg__lane_grow(eg__lane *l)
 
 /* ---- Requesting a drain ------------------------------------------------- */
 
+#if EG_PENDING_CALL_NEEDS_KICK
+/* The kicker (see eg_compat.h): one thread per process, for the main
+ * interpreter, started by the first request and woken through an eventfd;
+ * each wake-up attaches through the gate -- an exitguard entry point, so
+ * the queue is applied -- and detaches.  It exits when the gate refuses it
+ * or when phase 2 stops it.  No thread state, no GIL, outside the gate. */
+static struct {
+    pthread_mutex_t lock;
+    int efd;
+    int started;                   /* under lock */
+    _Atomic int stop;
+    pthread_t tid;
+} eg__kick = {.lock = PTHREAD_MUTEX_INITIALIZER, .efd = -1};
+
+static void *
+eg__kicker_main(void *unused)
+{
+    (void)unused;
+    while (!atomic_load(&eg__kick.stop)) {
+        struct pollfd p = {.fd = eg__kick.efd, .events = POLLIN};
+        (void)poll(&p, 1, -1);
+        uint64_t v;
+        ssize_t r = read(eg__kick.efd, &v, sizeof(v));
+        (void)r;
+        if (atomic_load(&eg__kick.stop)) {
+            break;
+        }
+        eg_gil st;
+        if (eg_gil_ensure(NULL, &st) != 0) {
+            break;                 /* shutting down: phase 2 drains */
+        }
+        eg_gil_release(&st);
+    }
+    return NULL;
+}
+
+static void
+eg__kick_main_thread(void)
+{
+    eg__mutex_lock(&eg__kick.lock);
+    if (!eg__kick.started && !atomic_load(&eg__kick.stop)) {
+        if (eg__kick.efd < 0) {
+            eg__kick.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        }
+        if (eg__kick.efd >= 0
+                && pthread_create(&eg__kick.tid, NULL, eg__kicker_main,
+                                  NULL) == 0) {
+#if defined(__linux__)
+            (void)pthread_setname_np(eg__kick.tid, "eg-kick");
+#endif
+            eg__kick.started = 1;
+        }
+    }
+    int efd = eg__kick.started ? eg__kick.efd : -1;
+    eg__mutex_unlock(&eg__kick.lock);
+    if (efd >= 0) {
+        uint64_t one = 1;
+        ssize_t w = write(efd, &one, sizeof(one));
+        (void)w;
+    }
+}
+#endif
+
+/* Main interpreter, phase 2, attached, before the gate closes: stop the
+ * kicker and join it with the GIL released (it may be waiting for it). */
+void
+eg__decref_stop_kicker(void)
+{
+#if EG_PENDING_CALL_NEEDS_KICK
+    eg__mutex_lock(&eg__kick.lock);
+    atomic_store(&eg__kick.stop, 1);
+    int started = eg__kick.started;
+    eg__kick.started = 0;
+    eg__mutex_unlock(&eg__kick.lock);
+    if (started) {
+        uint64_t one = 1;
+        ssize_t w = write(eg__kick.efd, &one, sizeof(one));
+        (void)w;
+        Py_BEGIN_ALLOW_THREADS
+        pthread_join(eg__kick.tid, NULL);
+        Py_END_ALLOW_THREADS
+    }
+#endif
+}
+
+/* pthread_atfork child: the kicker is gone with the parent's threads. */
+void
+eg__decref_kicker_after_fork_child(void)
+{
+#if EG_PENDING_CALL_NEEDS_KICK
+    if (pthread_mutex_init(&eg__kick.lock, NULL) != 0) {
+        abort();
+    }
+    eg__kick.started = 0;
+    eg__reopen_eventfd(eg__kick.efd);
+#endif
+}
+
 static int eg__pending_drain(void *arg);
 
 /* A push found `requested` == 0: claim the request and, for the main
@@ -355,6 +455,11 @@ eg__request_drain(eg__interp *in)
              * than spin here; entry points drain meanwhile. */
             atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
         }
+#if EG_PENDING_CALL_NEEDS_KICK
+        else if (eg__tstate_attached() == NULL) {
+            eg__kick_main_thread();
+        }
+#endif
     }
     atomic_fetch_sub_explicit(&q->pc_inflight, 1, memory_order_release);
 }

@@ -87,6 +87,14 @@ eg__full_fence(void)
 #endif
 }
 
+/* pthread_atfork child: give `fd`, an eventfd, a fresh file description
+ * under the same number.  After fork parent and child share each eventfd,
+ * so one process would read -- and lose -- the other's wake-ups (found by
+ * the fork test: a child's phase 2 waited for ever for its kicker, whose
+ * wake-up the parent's kicker had taken).  Keeping the number keeps any
+ * reader registration valid.  Async-signal-safe. */
+void eg__reopen_eventfd(int fd);
+
 /* Print "exitguard: fatal: <msg>" and abort.  For broken invariants only
  * (double release in debug builds); GIL-free, async-signal-unsafe. */
 EG_COLD void eg__fatal(const char *msg);
@@ -175,6 +183,8 @@ uint64_t eg__decref_pending_count(eg__interp *in);
 void eg__decref_queue_init(eg__decref_queue *q);
 void eg__decref_after_fork_child(eg__interp *in);
 void eg__decref_process_init(void);   /* once per process; see fences */
+void eg__decref_stop_kicker(void);    /* main interpreter, phase 2 */
+void eg__decref_kicker_after_fork_child(void);
 
 /* ---- Reference registry (registry.c) ------------------------------------- */
 

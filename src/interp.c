@@ -28,8 +28,10 @@
  */
 #include "eg_internal.h"
 
+#include <fcntl.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 
 _Atomic(eg__interp *) eg__main_record;
 
@@ -156,6 +158,21 @@ eg__interp_release(eg__interp *in)
  * that needs the GIL the forking thread holds; the child re-creates the
  * locks instead (CPython does the same with its own, _PyRuntimeState_
  * ReInitThreads). */
+void
+eg__reopen_eventfd(int fd)
+{
+    if (fd < 0) {
+        return;
+    }
+    int fresh = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fresh >= 0) {
+        if (fresh != fd) {
+            (void)dup3(fresh, fd, O_CLOEXEC);
+            close(fresh);
+        }
+    }
+}
+
 static void
 eg__atfork_child(void)
 {
@@ -165,6 +182,7 @@ eg__atfork_child(void)
     }
     eg__decref_process_init();    /* membarrier registration is per mm */
     eg__log_after_fork_child();
+    eg__decref_kicker_after_fork_child();
     /* The forking thread is the child's main thread now (CPython makes it
      * so in PyOS_AfterFork_Child). */
     atomic_store(&eg__main_ident, (unsigned long)pthread_self());
@@ -174,6 +192,8 @@ eg__atfork_child(void)
         eg__stoppers_after_fork_child(&in->stoppers);
         eg__gate_after_fork_child(in);
         eg__cq_after_fork_child(in);
+        /* The stop fd is readable in a stopping parent: not ours. */
+        eg__reopen_eventfd(in->stop_efd);
         eg__threads_after_fork_child(&in->threads);
         if (!in->is_main
                 && atomic_load_explicit(&in->pyinterp,

@@ -622,6 +622,7 @@ eg__log_after_fork_child(void)
     atomic_store(&eg__log.started, 0);
     atomic_store(&eg__log.sleeping, 0);
     atomic_store(&eg__log.stop, 0);
+    eg__reopen_eventfd(eg__log.efd);
     uint64_t end = atomic_load(&eg__log.enqueue_pos);
     for (uint64_t p = eg__log.dequeue_pos; p != end; p++) {
         eg__logslot *s = &eg__log.slots[p & eg__log.mask];

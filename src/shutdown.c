@@ -150,6 +150,7 @@ eg__phase2(eg__interp *in)
      * open (the main interpreter owns the process's log system). */
     if (in->is_main) {
         eg__log_stop_and_drain();
+        eg__decref_stop_kicker();
     }
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */

@@ -256,7 +256,8 @@ def main(argv=None):
                 print("     - " + p)
             if proc is not None:
                 print(textwrap.indent(proc.stderr[-2000:], "     | "))
-            print("     replay: %s %s --seed %d --only %d" % (sys.executable, os.path.abspath(__file__), seed, i))
+            print("     replay: %s %s --seed %d --only %d%s" % (sys.executable, os.path.abspath(__file__), seed, i,
+                                                       " --build " + args.build if args.build else ""))
     print("torture: %d passed, %d failed (seed %d, %.0f s)" % (len(indexes) - failures, failures, seed, time.monotonic() - t0))
     return 1 if failures else 0
 
