@@ -51,6 +51,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -92,6 +93,7 @@ static struct {
     _Atomic int started;             /* forwarder thread created */
     _Atomic int stop;                /* forwarder must exit */
     _Atomic int stopped;             /* after phase 2: write to stderr */
+    _Atomic int producing;           /* producers past the stopped check */
     pthread_t forwarder;
     pthread_mutex_t start_lock;
     PyObject *deliver;               /* exitguard._logging.deliver (main) */
@@ -294,8 +296,15 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
         atomic_fetch_add_explicit(&eg__log.filtered, 1, memory_order_relaxed);
         return;
     }
+    /* Count ourselves in before checking `stopped` (seq_cst on both
+     * sides): either phase 2 sees us and waits until we have published, or
+     * we see stopped and go to stderr -- no message can land in the ring
+     * after its last drain (found by the torture suite: one line in 5000
+     * went unaccounted). */
+    atomic_fetch_add_explicit(&eg__log.producing, 1, memory_order_seq_cst);
     if (EG_UNLIKELY(atomic_load_explicit(&eg__log.stopped,
-                                         memory_order_acquire))) {
+                                         memory_order_seq_cst))) {
+        atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
         atomic_fetch_add_explicit(&eg__log.to_stderr, 1, memory_order_relaxed);
         eg__log_to_stderr(level, logger, fmt, ap);
         return;
@@ -323,6 +332,8 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
                                       memory_order_relaxed);
             atomic_fetch_add_explicit(&eg__log.dropped_unreported, 1,
                                       memory_order_relaxed);
+            atomic_fetch_sub_explicit(&eg__log.producing, 1,
+                                      memory_order_release);
             return;
         }
         else {
@@ -354,6 +365,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
     atomic_fetch_add_explicit(&eg__log.formatted, 1, memory_order_relaxed);
     /* Release: the consumer that acquires seq == pos + 1 sees the slot. */
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
+    atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
 
     if (EG_UNLIKELY(!atomic_load_explicit(&eg__log.started,
                                           memory_order_relaxed))) {
@@ -529,6 +541,17 @@ eg__log_stop_and_drain(void)
     while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
     }
     atomic_store_explicit(&eg__log.stopped, 1, memory_order_seq_cst);
+    /* Producers already past the check finish publishing (a few
+     * instructions each: they never block); wait for them without the
+     * GIL, then deliver what they published. */
+    if (atomic_load_explicit(&eg__log.producing, memory_order_seq_cst)) {
+        Py_BEGIN_ALLOW_THREADS
+        while (atomic_load_explicit(&eg__log.producing,
+                                    memory_order_seq_cst)) {
+            sched_yield();
+        }
+        Py_END_ALLOW_THREADS
+    }
     while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
     }
     if (atomic_load(&eg__log.dropped_unreported) && eg__log.deliver) {
@@ -622,6 +645,7 @@ eg__log_after_fork_child(void)
     atomic_store(&eg__log.started, 0);
     atomic_store(&eg__log.sleeping, 0);
     atomic_store(&eg__log.stop, 0);
+    atomic_store(&eg__log.producing, 0);     /* those producers are gone */
     eg__reopen_eventfd(eg__log.efd);
     uint64_t end = atomic_load(&eg__log.enqueue_pos);
     for (uint64_t p = eg__log.dequeue_pos; p != end; p++) {
