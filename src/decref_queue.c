@@ -76,6 +76,7 @@
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__linux__)
@@ -350,6 +351,11 @@ eg__kicker_main(void *unused)
         if (atomic_load(&eg__kick.stop)) {
             break;
         }
+        /* Let a burst accumulate: one drain per 10 ms at most, so a busy
+         * producer is not interrupted by a drain (and its membarrier) per
+         * push.  The latency bound (<= 100 ms) leaves room for it. */
+        struct timespec pause = {0, 10 * 1000 * 1000};
+        nanosleep(&pause, NULL);
         eg_gil st;
         if (eg_gil_ensure(NULL, &st) != 0) {
             break;                 /* shutting down: phase 2 drains */
