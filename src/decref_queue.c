@@ -362,6 +362,7 @@ eg__kicker_main(void *unused)
         }
         eg_gil_release(&st);
     }
+    eg__tstates_release_self();
     return NULL;
 }
 

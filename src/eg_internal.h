@@ -276,6 +276,11 @@ void eg__gate_leave(eg__gate *g);
  * inside to leave, then delete every cached thread state no thread is
  * using.  Returns how many threads were still inside at the deadline. */
 uint64_t eg__gate_close(eg__interp *in, double timeout_s);
+/* The calling thread, not attached, is about to exit: delete its cached
+ * thread states through the gate (leaked when the gate is closed).  For
+ * threads exitguard starts, called before they return; other threads get
+ * it from a pthread key destructor. */
+void eg__tstates_release_self(void);
 const char *eg__gate_state_name(eg__gate *g);
 
 /* ---- Native threads (thread.c) ------------------------------------------- */

@@ -180,10 +180,9 @@ eg__unlink_entry(eg__gate *g, eg__tsentry *e)
 /* Thread exit: delete this thread's cached thread states, through the gate
  * (the interpreter may be stopping or gone: then phase 2 deleted them, or
  * they are leaked with the interpreter).  No thread state on entry. */
-static void
-eg__ts_destructor(void *unused)
+void
+eg__tstates_release_self(void)
 {
-    (void)unused;
     eg__tsentry *e = eg__tls_ts.entries;
     eg__tls_ts.entries = NULL;
     while (e != NULL) {
@@ -212,6 +211,19 @@ eg__ts_destructor(void *unused)
         free(e);
         e = next;
     }
+}
+
+/* Thread exit (pthread key destructor) of a thread exitguard did not
+ * start: same as eg__tstates_release_self().  NB: by now other keys'
+ * destructors may have run -- CPython's gilstate key among them -- so
+ * threads exitguard owns release their states before returning instead
+ * (a free-threaded debug allocator saw "called without holding the GIL"
+ * here for the log forwarder). */
+static void
+eg__ts_destructor(void *unused)
+{
+    (void)unused;
+    eg__tstates_release_self();
 }
 
 static void

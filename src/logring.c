@@ -514,6 +514,7 @@ eg__forwarder_main(void *unused)
         }
         eg_gil_release(&st);
     }
+    eg__tstates_release_self();
     return NULL;
 }
 

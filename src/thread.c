@@ -127,6 +127,7 @@ eg__thread_main(void *p)
     eg__threads *th = &t->interp->threads;
     eg__self = t;
     t->run(t->arg);
+    eg__tstates_release_self();   /* while the thread is whole, not in TLS teardown */
     eg__self = NULL;        /* t may be freed once `ended` is set */
     eg__mutex_lock(&th->lock);
     t->ended = 1;
