@@ -1,7 +1,7 @@
 # exitguard -- developer commands.  See README.md ("Try it", "Development").
 #
 #   make test        build and test with $(PYTHON) (default python3) in .venv/<version>
-#   make test-all    make test on every CPython >= 3.9 under pyenv (+ EXTRA_PYTHONS)
+#   make test-all    make test on every interpreter: pyenv, 3.13.15(t) from source, sid's 3.14/3.15 (+dbg)
 #   make demo        build exitguard and examples/ticker, run the demo
 #   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
 #   make valgrind    exitguard's paths under valgrind memcheck
@@ -15,7 +15,9 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 EXTRA_PYTHONS ?=
 
-PYVER := $(shell $(PYTHON) -c 'import platform, sysconfig; print(platform.python_version() + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')
+# Version plus ABI flags ("t" free-threaded, "d" debug): python3.14 and python3.14-dbg
+# must never share a venv (or a C stress-test build).
+PYVER := $(shell $(PYTHON) -c 'import platform, sys; print(platform.python_version() + sys.abiflags)')
 VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
@@ -50,21 +52,17 @@ torture: $(VENV)/.deps
 	$(VPY) tests/torture.py --runs $(TORTURE_RUNS) --build $(VENV)/egtest $(if $(TORTURE_SEED),--seed $(TORTURE_SEED))
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
-# Every CPython >= 3.9 that pyenv has, newest patch of each listed version.
+export PYENV_ROOT
+# Every CPython >= 3.9 that pyenv has (bench-all uses it; test-all has its tiers).
 ALL_PYTHONS := $(shell for p in $(PYENV_ROOT)/versions/*/bin/python; do \
 	  [ -x "$$p" ] && "$$p" -c 'import sys; sys.exit(not (sys.implementation.name == "cpython" and sys.version_info >= (3, 9)))' 2>/dev/null && echo "$$p"; \
 	done) $(EXTRA_PYTHONS)
 
+# make test on every interpreter, in tiers (.ci/test-all.sh): pyenv's CPythons,
+# 3.13.15 and 3.13.15t built from source, and 3.14/3.15 with their debug builds in a
+# Debian sid chroot.  EG_TIERS="pyenv" (or "source", "sid") picks tiers.
 test-all:
-	@if [ -z "$(strip $(ALL_PYTHONS))" ]; then echo "no pyenv interpreters found; testing $(PYTHON)"; $(MAKE) test; exit $$?; fi
-	@rm -f .test-all.summary; status=0; \
-	for py in $(ALL_PYTHONS); do \
-	  echo "=== make test PYTHON=$$py"; \
-	  if $(MAKE) --no-print-directory test PYTHON=$$py; then r=PASS; else r=FAIL; status=1; fi; \
-	  echo "$$($$py -c 'import platform, sysconfig; print(platform.python_version() + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""))')  $$r  ($$py)" >> .test-all.summary; \
-	done; \
-	echo; echo "=== test-all summary"; cat .test-all.summary; rm -f .test-all.summary; \
-	exit $$status
+	@EXTRA_PYTHONS="$(EXTRA_PYTHONS)" bash .ci/test-all.sh
 
 # exitguard's paths under valgrind memcheck (tests/valgrind_scenarios.py, through
 # python -m exitguard.leakcheck): fails on definite leaks or invalid accesses
@@ -76,7 +74,7 @@ valgrind: install
 
 # Benchmarks (issue 5): figures beside same-run baselines; see docs/performance.md.
 bench: install
-	$(PIP) install matplotlib
+	$(PIP) install --only-binary :all: matplotlib || echo "bench: no matplotlib wheel for $(PYVER): no chart"
 	$(VPY) bench/run.py $(BENCH_ARGS)
 
 bench-all:

@@ -41,22 +41,35 @@ apt-get install -y -q build-essential dpkg-dev pkg-config libssl-dev zlib1g-dev 
 
 work=$(mktemp -d "$CACHE/src.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# sid's index lists several python3.13 versions, but the archive reached here serves
+# the files of only some of them (3.13.18's are 404, 3.13.15's are there): ask for
+# each listed version explicitly, newest first.  trixie's 3.13.5 is a fallback that
+# predates the hang-forever change, so using it is reported loudly (FALLBACK on
+# stdout's last line is read by .ci/run).
 fetched=""
 for suite in sid trixie; do
     list=/etc/apt/sources.list.d/exitguard-src-$suite.list
     echo "deb-src [trusted=yes] $uri $suite main" > "$list"
     if apt-get update -q -o Dir::Etc::sourcelist="$list" -o Dir::Etc::sourceparts=- \
-            -o APT::Get::List-Cleanup=0 >/dev/null 2>&1 \
-       && (cd "$work" && apt-get source -q --download-only -t "$suite" python3.13 >/dev/null 2>&1 \
-           || apt-get source -q --download-only "python3.13/$suite" >/dev/null 2>&1); then
-        fetched=$suite
-        rm -f "$list"
-        break
+            -o APT::Get::List-Cleanup=0 -o Acquire::Check-Valid-Until=false >/dev/null 2>&1; then
+        for v in $(apt-cache showsrc python3.13 2>/dev/null | sed -n 's/^Version: //p' | sort -rV | uniq); do
+            if (cd "$work" && apt-get source -q --download-only "python3.13=$v" >/dev/null 2>&1); then
+                fetched="$suite $v"
+                break
+            fi
+            rm -f "$work"/python3.13_*
+            log "python3.13 $v is listed in $suite but its files could not be fetched"
+        done
     fi
     rm -f "$list"
+    [ -n "$fetched" ] && break
     log "could not fetch python3.13 sources from $suite"
 done
 [ -n "$fetched" ] || { log "no python3.13 source package from sid or trixie"; exit 3; }
+case "$fetched" in
+    sid*) ;;
+    *) log "FALLBACK: sid's python3.13 could not be fetched; building $fetched instead" ;;
+esac
 
 tarball=$(ls "$work"/python3.13_*.orig.tar.* | head -1)
 version=$(basename "$tarball" | sed -E 's/^python3\.13_([0-9]+\.[0-9]+\.[0-9]+).*/\1/')

@@ -12,6 +12,12 @@
  * allocator is interposed in decref_queue.c through stress_hooks.h), which
  * drives pushes through the spill path.
  *
+ * The consumer drains attached, as the core requires: the process initialises
+ * an interpreter and the consumer thread holds a thread state while it drains.
+ * On a release build Py_DECREF would not look at it, but a debug build (Py_DEBUG:
+ * python3.14-dbg) counts every decref in the thread state's interpreter and
+ * crashes without one -- an honest reminder that drains run attached.
+ *
  * Built and run by tests/c/Makefile (make test), also under ThreadSanitizer
  * and AddressSanitizer.
  */
@@ -52,9 +58,11 @@ static void *
 consumer(void *arg)
 {
     (void)arg;
+    PyGILState_STATE g = PyGILState_Ensure();
     while (!atomic_load(&producers_done)) {
         (void)eg__decref_drain_sc(in);
     }
+    PyGILState_Release(g);
     return NULL;
 }
 
@@ -65,6 +73,8 @@ int eg__stress_unreachable(void);
 int
 main(void)
 {
+    Py_InitializeEx(0);
+    PyThreadState *main_ts = PyEval_SaveThread();   /* the consumer attaches */
     eg__decref_process_init();
     in = calloc(1, sizeof(*in));
     objs = calloc((size_t)PRODUCERS * ITEMS, sizeof(PyObject));
@@ -93,6 +103,7 @@ main(void)
     }
     atomic_store(&producers_done, 1);
     pthread_join(cons, NULL);
+    PyEval_RestoreThread(main_ts);
     Py_ssize_t last = eg__decref_drain_sc(in);      /* what the race left */
 
     long bad = 0;

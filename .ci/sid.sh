@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The Debian sid tier: CPython 3.14 and 3.15 (Debian's binary packages) and their
+# debug builds (-dbg: C asserts on, sys.gettotalrefcount), in a minbase sid chroot
+# cached outside the clone.
+#
+#   .ci/sid.sh setup             create or refresh the chroot; prints nothing on
+#                                success; exit 3 (reason on stderr's last line) when
+#                                the archive cannot be reached
+#   .ci/sid.sh pythons           the interpreters inside, one per line
+#   .ci/sid.sh run CMD...        run CMD in a fresh copy of the work tree inside the
+#                                chroot (/work/exitguard), with /proc, /dev and the
+#                                host's CA bundle; the exit status is CMD's
+#
+# Why a chroot: neither 3.14 nor 3.15 is in pyenv here, and sid is where Debian
+# publishes them.  Facts this script works around (issue 10):
+# - sid's Release file is past its Valid-Until on the archive reached here, so apt
+#   inside runs with Acquire::Check-Valid-Until=false;
+# - PyPI is reached through a proxy whose CA only the host trusts: the host's bundle
+#   is copied in, and pip finds it through PIP_CERT/SSL_CERT_FILE as on the host;
+# - pip and venv need /proc.
+set -euo pipefail
+
+CACHE=${EG_SID_CACHE:-/var/cache/exitguard-ci/sid}
+ROOT=$CACHE/root
+STAMP=$ROOT/.exitguard-ready
+PACKAGES="python3.14 python3.14-dev python3.14-venv python3.14-dbg
+          python3.15 python3.15-dev python3.15-venv python3.15-dbg
+          gcc g++ make ca-certificates"
+log() { echo "sid: $*" >&2; }
+HOST_CA=/etc/ssl/certs/ca-certificates.crt
+
+archive_uri() {
+    local uri
+    uri=$(grep -rhoE '^URIs: +https?://[^ ]*debian/?$' /etc/apt/sources.list.d/ 2>/dev/null | head -1 | awk '{print $2}' || true)
+    [ -n "$uri" ] || uri=$(grep -rhoE '^deb +https?://[^ ]*debian/? ' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -1 | awk '{print $2}' || true)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+mounts_up() {
+    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
+    mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
+}
+mounts_down() {
+    umount "$ROOT/dev" 2>/dev/null || umount -l "$ROOT/dev" 2>/dev/null || true
+    umount "$ROOT/proc" 2>/dev/null || umount -l "$ROOT/proc" 2>/dev/null || true
+}
+
+in_root() {   # run a shell command in the chroot, mounts up for its duration
+    mounts_up
+    local rc=0
+    [ -f "$HOST_CA" ] && install -D -m 0644 "$HOST_CA" "$ROOT$HOST_CA.host" 2>/dev/null || true
+    chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+        LANG=C.UTF-8 CI="${CI:-}" TERM=dumb \
+        PIP_CERT=/etc/ssl/certs/ca-certificates.crt.host \
+        SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt.host \
+        REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt.host \
+        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+        /bin/bash -c "$1" || rc=$?
+    mounts_down
+    return $rc
+}
+
+setup() {
+    if [ -f "$STAMP" ] && in_root 'for p in python3.14 python3.15 python3.14-dbg python3.15-dbg; do $p -c 1 || exit 1; done'; then
+        return 0
+    fi
+    if ! command -v debootstrap >/dev/null; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q debootstrap >/dev/null 2>&1 \
+            || { apt-get update -q >/dev/null 2>&1 || true; apt-get install -y -q debootstrap >/dev/null 2>&1; } \
+            || { log "cannot install debootstrap from the host's archive"; exit 3; }
+    fi
+    local uri; uri=$(archive_uri)
+    if [ ! -x "$ROOT/bin/bash" ]; then
+        rm -rf "$ROOT"; mkdir -p "$CACHE"
+        log "debootstrap --variant=minbase sid from $uri"
+        debootstrap --variant=minbase sid "$ROOT" "$uri" >"$CACHE/debootstrap.log" 2>&1 \
+            || { tail -5 "$CACHE/debootstrap.log" >&2; rm -rf "$ROOT"; log "debootstrap of sid failed (archive unreachable?)"; exit 3; }
+    fi
+    log "installing $(echo $PACKAGES) in the chroot"
+    in_root "export DEBIAN_FRONTEND=noninteractive
+        apt-get -q -o Acquire::Check-Valid-Until=false update >/tmp/apt.log 2>&1 &&
+        apt-get -q -y -o Acquire::Check-Valid-Until=false install --no-install-recommends $(echo $PACKAGES) >>/tmp/apt.log 2>&1" \
+        || { in_root 'tail -5 /tmp/apt.log' >&2 || true; log "apt-get in the sid chroot failed"; exit 3; }
+    touch "$STAMP"
+}
+
+pythons() {
+    for p in python3.14 python3.15 python3.14-dbg python3.15-dbg; do
+        [ -x "$ROOT/usr/bin/$p" ] && echo "$p"
+    done
+}
+
+run() {
+    local here; here=$(cd "$(dirname "$0")/.." && pwd)
+    local dest=$ROOT/work/exitguard
+    # A fresh copy each time: nothing built on the host (or by an earlier run) leaks
+    # in; venvs are recreated per interpreter by the Makefile.
+    rm -rf "$dest"; mkdir -p "$dest"
+    (cd "$here" && tar --exclude=./.venv --exclude=./build --exclude=./.git \
+        --exclude='./tests/c/build' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
+    local cmd="cd /work/exitguard &&"
+    for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
+    in_root "$cmd"
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    pythons) pythons ;;
+    run) shift; run "$@" ;;
+    *) echo "usage: $0 setup | pythons | run CMD..." >&2; exit 2 ;;
+esac
