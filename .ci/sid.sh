@@ -8,8 +8,9 @@
 #                                the archive cannot be reached
 #   .ci/sid.sh pythons           the interpreters inside, one per line
 #   .ci/sid.sh run CMD...        run CMD in a fresh copy of the work tree inside the
-#                                chroot (/work/exitguard), with /proc, /dev and the
-#                                host's CA bundle; the exit status is CMD's
+#                                chroot (/work/run-*, removed afterwards unless
+#                                EG_SID_KEEP is set), with /proc, /dev and the host's
+#                                CA bundle; the exit status is CMD's
 #
 # Why a chroot: neither 3.14 nor 3.15 is in pyenv here, and sid is where Debian
 # publishes them.  Facts this script works around (issue 10):
@@ -36,28 +37,21 @@ archive_uri() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
-mounts_up() {
-    mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
-    mountpoint -q "$ROOT/dev" || mount --bind /dev "$ROOT/dev"
-}
-mounts_down() {
-    umount "$ROOT/dev" 2>/dev/null || umount -l "$ROOT/dev" 2>/dev/null || true
-    umount "$ROOT/proc" 2>/dev/null || umount -l "$ROOT/proc" 2>/dev/null || true
-}
-
-in_root() {   # run a shell command in the chroot, mounts up for its duration
-    mounts_up
-    local rc=0
+in_root() {   # run a shell command in the chroot
+    # A private mount namespace per call: /proc and /dev are mounted for this
+    # command only and vanish with it, so concurrent runs never unmount each
+    # other's, and nothing stays mounted inside the cache (an rm -rf of the chroot
+    # can then never reach the host's /dev).
     [ -f "$HOST_CA" ] && install -D -m 0644 "$HOST_CA" "$ROOT$HOST_CA.host" 2>/dev/null || true
-    chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-        LANG=C.UTF-8 CI="${CI:-}" TERM=dumb \
-        PIP_CERT=/etc/ssl/certs/ca-certificates.crt.host \
-        SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt.host \
-        REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt.host \
-        PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
-        /bin/bash -c "$1" || rc=$?
-    mounts_down
-    return $rc
+    unshare -m --propagation private /bin/bash -c '
+        mount -t proc proc "$1/proc" && mount --bind /dev "$1/dev" || exit 97
+        exec chroot "$1" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+            LANG=C.UTF-8 CI="$3" TERM=dumb \
+            PIP_CERT=/etc/ssl/certs/ca-certificates.crt.host \
+            SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt.host \
+            REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt.host \
+            PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+            /bin/bash -c "$2"' in_root "$ROOT" "$1" "${CI:-}"
 }
 
 setup() {
@@ -93,15 +87,19 @@ pythons() {
 
 run() {
     local here; here=$(cd "$(dirname "$0")/.." && pwd)
-    local dest=$ROOT/work/exitguard
-    # A fresh copy each time: nothing built on the host (or by an earlier run) leaks
-    # in; venvs are recreated per interpreter by the Makefile.
-    rm -rf "$dest"; mkdir -p "$dest"
+    # A fresh copy per run (its own folder, so runs may overlap): nothing built on
+    # the host or by an earlier run leaks in; venvs are recreated by the Makefile.
+    local name; name=run-$$-$(date +%s%N)
+    local dest=$ROOT/work/$name
+    mkdir -p "$dest"
     (cd "$here" && tar --exclude=./.venv --exclude=./build --exclude=./.git \
         --exclude='./tests/c/build' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
-    local cmd="cd /work/exitguard &&"
+    local cmd="cd /work/$name &&"
     for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
-    in_root "$cmd"
+    local rc=0
+    in_root "$cmd" || rc=$?
+    [ -n "${EG_SID_KEEP:-}" ] || rm -rf "$dest"
+    return $rc
 }
 
 case "${1:-}" in
