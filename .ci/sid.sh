@@ -26,7 +26,7 @@ ROOT=$CACHE/root
 STAMP=$ROOT/.exitguard-ready
 PACKAGES="python3.14 python3.14-dev python3.14-venv python3.14-dbg
           python3.15 python3.15-dev python3.15-venv python3.15-dbg
-          gcc g++ make ca-certificates"
+          gcc g++ make ca-certificates valgrind"
 log() { echo "sid: $*" >&2; }
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 
@@ -55,7 +55,10 @@ in_root() {   # run a shell command in the chroot
 }
 
 setup() {
-    if [ -f "$STAMP" ] && in_root 'for p in python3.14 python3.15 python3.14-dbg python3.15-dbg; do $p -c 1 || exit 1; done'; then
+    # The stamp holds the package list it was made with: a changed list installs
+    # again (apt skips what is there already).
+    if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(echo $PACKAGES)" ] \
+       && in_root 'for p in python3.14 python3.15 python3.14-dbg python3.15-dbg; do $p -c 1 || exit 1; done'; then
         return 0
     fi
     if ! command -v debootstrap >/dev/null; then
@@ -76,7 +79,7 @@ setup() {
         apt-get -q -o Acquire::Check-Valid-Until=false update >/tmp/apt.log 2>&1 &&
         apt-get -q -y -o Acquire::Check-Valid-Until=false install --no-install-recommends $(echo $PACKAGES) >>/tmp/apt.log 2>&1" \
         || { in_root 'tail -5 /tmp/apt.log' >&2 || true; log "apt-get in the sid chroot failed"; exit 3; }
-    touch "$STAMP"
+    echo $PACKAGES > "$STAMP"
 }
 
 pythons() {

@@ -250,7 +250,12 @@ EG_FUNC void eg_stopper_remove(eg_stopper *s);
  * before it touches CPython and eg_gil_release() leaves it, so a native
  * thread never reaches PyEval_RestoreThread() once finalization can have
  * begun: no pthread_exit (3.9-3.13.7), no thread parked forever (3.13.8+,
- * 3.14), no crash after Py_FinalizeEx() -- it gets -ESHUTDOWN instead.
+ * 3.14), no crash after Py_FinalizeEx() -- it gets -ESHUTDOWN instead.  On
+ * CPython 3.15 the gate also holds a PEP 788 PyInterpreterGuard for each
+ * thread inside, so CPython itself cannot begin finalizing under it.
+ * Around os.fork() the gates pause: attaches wait (detached) and the fork
+ * waits, GIL released, at most EXITGUARD_FORK_TIMEOUT seconds (default 2)
+ * until no thread is inside CPython.
  */
 
 /* eg_interp_current: a new handle on the calling thread's interpreter.
@@ -262,8 +267,8 @@ EG_FUNC eg_interp *eg_interp_current(void);
 
 /* eg_interp_main: a new handle on the main interpreter.
  * Thread: any thread; no exception is ever set.
- * Returns the handle, or NULL when out of memory or when exitguard was
- *   never imported in the main interpreter.
+ * Returns the handle, or NULL when out of memory, when exitguard was never
+ *   imported in the main interpreter, or (3.15) once it is gone.
  * Pair: eg_interp_close(). */
 EG_FUNC eg_interp *eg_interp_main(void);
 
@@ -280,13 +285,15 @@ EG_FUNC void eg_interp_close(eg_interp *h);
  *   thread state could be created.  It never hangs on a dead interpreter,
  *   never exits the thread, never crashes.
  * Nests: a thread already attached to that interpreter gets 0 at once; a
- *   thread attached to another interpreter is detached from it and
- *   re-attached by the matching release.  The thread state is cached per
- *   (OS thread, interpreter) and deleted when the thread ends or in the
- *   interpreter's phase 2.  Drains the interpreter's decref queue.  On
- *   free-threaded builds it also runs one no-op Python function so that the
- *   thread merges the reference counts of objects it owns (see
- *   docs/api.md).
+ *   thread attached to another interpreter is detached from it (before
+ *   anything can wait) and re-attached by the matching release.  Thread
+ *   states: the main interpreter's is made by a thread's first attach and
+ *   kept; a subinterpreter's lives from the outermost attach to its
+ *   release.  A thread that ends never needs the GIL for it (its joiner may
+ *   hold the GIL): the next thread attached to that interpreter deletes the
+ *   state.  Drains the interpreter's decref queue.  On free-threaded builds
+ *   it also runs one no-op Python function so that the thread merges the
+ *   reference counts of objects it owns (see docs/api.md).
  * Pair: eg_gil_release(st) on the same thread, in LIFO order. */
 EG_FUNC int eg_gil_ensure(eg_interp *h, eg_gil *st);
 

@@ -125,6 +125,127 @@ eg__PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #  define EG_PENDING_CALL_NEEDS_KICK 0
 #endif
 
+/* ---- PEP 788: interpreter guards and views (3.15) ------------------------
+ *
+ * CPython 3.15 implements PEP 788 (gh-149101): a PyInterpreterGuard, while
+ * held, keeps its interpreter from starting to finalize -- finalization waits
+ * until every guard is closed, and no guard can be taken once it has begun --
+ * and a PyInterpreterView names an interpreter that may already be gone.
+ * exitguard's gate does the same job for 3.9-3.14 and keeps its own
+ * semantics on 3.15 (refusal from phase 2 on, -ESHUTDOWN, never a hang);
+ * underneath it, on 3.15, every outermost attach also holds a real guard
+ * taken from a view, so that even an embedder whose finalization never runs
+ * our atexit phase cannot finalize under an attached native thread.
+ *
+ * Before 3.15 the helpers emulate the shape: a view is a dummy, and taking a
+ * guard is the old best-effort Py_IsFinalizing() check (racy on its own --
+ * PEP 788's rationale -- but it only ever turns an attach into a refusal;
+ * the gate is what makes exitguard's own phases safe). */
+#if PY_VERSION_HEX >= 0x030F00B1
+#  define EG_HAVE_PEP788 1
+typedef PyInterpreterView eg__pyview;
+typedef PyInterpreterGuard eg__pyguard;
+
+/* Attached: a view of the calling thread's interpreter, or NULL with an
+ * exception set. */
+static inline eg__pyview *
+eg__view_current(void)
+{
+    return PyInterpreterView_FromCurrent();
+}
+
+/* Any thread: a view of the main interpreter, or NULL (no exception). */
+static inline eg__pyview *
+eg__view_main(void)
+{
+    return PyInterpreterView_FromMain();
+}
+
+/* Any thread.  NULL is a no-op. */
+static inline void
+eg__view_close(eg__pyview *view)
+{
+    if (view != NULL) {
+        PyInterpreterView_Close(view);
+    }
+}
+
+/* Any thread, no thread state needed: a guard on the viewed interpreter, or
+ * NULL (no exception) when it is finalizing or gone, or out of memory. */
+static inline eg__pyguard *
+eg__guard_from_view(eg__pyview *view)
+{
+    return view != NULL ? PyInterpreterGuard_FromView(view) : NULL;
+}
+
+/* Any thread.  NULL is a no-op. */
+static inline void
+eg__guard_close(eg__pyguard *guard)
+{
+    if (guard != NULL) {
+        PyInterpreterGuard_Close(guard);
+    }
+}
+#else
+#  define EG_HAVE_PEP788 0
+typedef struct eg__pyview eg__pyview;     /* never defined: only (void *)1 */
+typedef struct eg__pyguard eg__pyguard;
+
+static inline eg__pyview *
+eg__view_current(void)
+{
+    return (eg__pyview *)(uintptr_t)1;
+}
+
+static inline eg__pyview *
+eg__view_main(void)
+{
+    return (eg__pyview *)(uintptr_t)1;
+}
+
+static inline void
+eg__view_close(eg__pyview *view)
+{
+    (void)view;
+}
+
+static inline eg__pyguard *
+eg__guard_from_view(eg__pyview *view)
+{
+    (void)view;
+    return Py_IsFinalizing() ? NULL : (eg__pyguard *)(uintptr_t)1;
+}
+
+static inline void
+eg__guard_close(eg__pyguard *guard)
+{
+    (void)guard;
+}
+#endif
+
+/* ---- Deleting the thread state of a thread that has exited ---------------
+ *
+ * Since 3.12 a thread state remembers whether it is its OS thread's
+ * "gilstate" state (the one PyGILState_Ensure reuses), and deleting a state
+ * that is unbinds it from the gilstate slot of the *calling* thread: a
+ * debug build asserts that the caller is its owner, a release build silently
+ * clears the caller's own binding (gh-131012; CPython's zapthreads trips on
+ * it too).  exitguard deletes the states of native threads after those
+ * threads have exited, from a thread attached to the same interpreter: the
+ * dead thread's slot no longer matters, so the binding is forgotten first.
+ * Only for threads that are gone: a live thread would keep a dangling
+ * pointer in its slot, and CPython writes through it at its next attach.
+ * Before 3.12 the delete compares with the caller's slot and leaves it alone. */
+static inline void
+eg__tstate_forget_gilstate(PyThreadState *ts)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    ts->_status.bound_gilstate = 0;
+#else
+    (void)ts;
+#endif
+}
+
 /* ---- Free-threaded builds: biased reference counting ---------------------
  * On free-threaded builds an object's reference count is split between its
  * owning thread (the one that allocated it) and everybody else.  A decref

@@ -38,6 +38,7 @@
 
 #include "exitguard.h"
 #include "eg_compat.h"
+#include "door.h"
 
 #define EG_CACHELINE 64
 
@@ -248,39 +249,48 @@ size_t eg__stoppers_count(eg__interp *in);
 
 /* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
 
-/* gate word: bits 62-63 the state, bits 0-61 the threads inside. */
-#define EG_GATE_OPEN    0ull
-#define EG_GATE_CLOSING 1ull
-#define EG_GATE_CLOSED  2ull
-#define EG_GATE_SHIFT   62
-#define EG_GATE_COUNT   ((1ull << EG_GATE_SHIFT) - 1)
-
 typedef struct eg__tsentry eg__tsentry;
 
 typedef struct {
-    _Atomic uint64_t word;
-    pthread_mutex_t lock;          /* with `left`: phase 2 waits here */
-    pthread_cond_t left;
+    eg__door door;                 /* who is inside; closes in phase 2 */
     _Atomic uint64_t attach_ok;
     _Atomic uint64_t attach_refused;
-    pthread_mutex_t ts_lock;       /* protects the entry list */
+    _Atomic uint64_t guards;       /* PEP 788 guards taken (3.15 only) */
+    _Atomic uint64_t reaped;       /* exited threads' states deleted */
+    _Atomic uint32_t ndead;        /* entries of exited threads to reap */
+    pthread_mutex_t ts_lock;       /* protects the entry lists */
     eg__tsentry *entries;          /* cached thread states, all threads */
+    eg__tsentry *fork_orphans;     /* child: guards of vanished threads */
 } eg__gate;
 
 void eg__gate_init(eg__gate *g);
 void eg__gate_after_fork_child(eg__interp *in);
-/* Any thread: 0 inside, or -ESHUTDOWN once the gate is not OPEN. */
+/* Any thread, not attached: 0 inside, or -ESHUTDOWN once the gate is not
+ * OPEN.  Waits while a fork pauses the gate. */
 int eg__gate_enter(eg__gate *g);
 void eg__gate_leave(eg__gate *g);
+/* Around os.fork() (eg__fork_prepare/parent in interp.c): pause the gate,
+ * and, GIL released, wait until nobody is inside; then resume. */
+void eg__gate_pause(eg__gate *g);
+uint64_t eg__gate_wait_empty(eg__gate *g, const struct timespec *deadline);
+void eg__gate_resume(eg__gate *g);
 /* Phase 2, attached: close, wait (GIL released, bounded) for the threads
- * inside to leave, then delete every cached thread state no thread is
- * using.  Returns how many threads were still inside at the deadline. */
+ * inside to leave, then delete the thread states of exited threads (and,
+ * for a subinterpreter, every cached one no thread is using).  Returns how
+ * many threads were still inside at the deadline. */
 uint64_t eg__gate_close(eg__interp *in, double timeout_s);
-/* The calling thread, not attached, is about to exit: delete its cached
- * thread states through the gate (leaked when the gate is closed).  For
- * threads exitguard starts, called before they return; other threads get
- * it from a pthread key destructor. */
+/* The calling thread, not attached, is about to exit: hand its cached
+ * thread states to their interpreters, whose next attached thread deletes
+ * them.  Never attaches, never blocks on the GIL.  For threads exitguard
+ * starts, called before they return; other threads get it from a pthread
+ * key destructor. */
 void eg__tstates_release_self(void);
+/* Attached to `in`: delete the thread states of threads that have exited
+ * (one relaxed load when there are none). */
+void eg__tstates_reap(eg__interp *in);
+/* Forked child, attached (the os.register_at_fork hook): close the PEP 788
+ * guards that threads which vanished with the fork held (3.15). */
+void eg__gate_close_fork_orphans(eg__interp *in);
 const char *eg__gate_state_name(eg__gate *g);
 
 /* ---- Native threads (thread.c) ------------------------------------------- */
@@ -351,6 +361,7 @@ struct eg__interp {
     int stop_efd;                   /* readable once phase 1 has begun */
     _Atomic(unsigned long) phase_thread;  /* running the phases (or 0) */
     PyObject *noop;                 /* free-threaded: see eg_compat.h */
+    eg__pyview *view;               /* PEP 788 view (3.15); never closed */
     pthread_mutex_t cq_lock;        /* protects cqs */
     struct eg_cq *cqs;
     eg__registry refs;              /* large: keep last */
@@ -377,6 +388,12 @@ eg__attached_to(eg__interp *in)
         == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
 }
 void eg__interps_process_init(void);
+/* os.register_at_fork hooks, attached: before the fork, pause every gate
+ * and wait (GIL released, bounded) until no native thread is inside
+ * CPython; in the parent afterwards, resume them.  The child resets its
+ * gates in the pthread_atfork child handler. */
+void eg__fork_prepare(void);
+void eg__fork_parent(void);
 /* Is the caller the main thread (where CPython runs signal handlers)? */
 int eg__on_main_thread(void);
 /* Is the caller the thread running `in`'s stop phases? */

@@ -21,31 +21,53 @@
  * and at most EXITGUARD_JOIN_TIMEOUT seconds.  A Py_IsFinalizing() check
  * alone cannot do this job: checking and then attaching is a race that
  * finalization wins now and then (pytorch#117762, PEP 788's rationale); the
- * gate turns it into a count that finalization waits for.  This is the
- * guard PEP 788 gives CPython 3.15 (PyInterpreterGuard), built for 3.9+.
- * XXX: on 3.15 this could sit on PyInterpreterGuard/PyThreadState_Ensure;
- * no 3.15 interpreter is available to build and test that here yet.
+ * gate turns it into a count that finalization waits for.
+ *
+ * The gate's invariant: the state only ever moves forward (OPEN, CLOSING,
+ * CLOSED, each transition one atomic read-modify-write of the word), and a
+ * thread is counted inside only if its increment happened while the word
+ * read OPEN.  So once phase 2 has read a count of zero after CLOSING, no
+ * thread is inside nor can get in, and phase 2 may delete thread states and
+ * release objects.
+ *
+ * On CPython 3.15 the gate sits on PEP 788 (eg_compat.h): the outermost
+ * attach of a thread also takes a PyInterpreterGuard from a view of the
+ * interpreter and holds it until the matching release, so CPython itself
+ * will not start finalizing under it; phase 2 closes the guards of threads
+ * still stuck inside at its deadline, because CPython would wait for them
+ * for ever.  The gate keeps exitguard's semantics on top: refusal from phase
+ * 2 on (not only from finalization), -ESHUTDOWN, never a hang.
  *
  * Thread states are cached per (OS thread, interpreter) -- creating one per
- * attach costs 4-8x the attach itself (bindings.md) -- in entries that are
- * linked both from the thread (thread-local list) and from the
- * interpreter's gate (under ts_lock).  An entry's thread state is deleted:
- *   - by its thread when the thread ends (pthread key destructor), through
- *     the gate: attach, PyThreadState_Clear, PyThreadState_DeleteCurrent;
- *   - by phase 2, after the gate closed, for every thread (a subinterpreter
- *     with a leftover thread state aborts Py_EndInterpreter with "not the
- *     last thread", cpython.md section 2);
- *   - never after fork: CPython already freed the other threads' states in
- *     the child, so the child forgets them.
- * Whoever takes the entry's `ts` under ts_lock deletes it; the other side
- * finds NULL.
+ * attach costs 4-8x the attach itself -- in entries linked from the thread
+ * (a thread-local list) and, while they hold a state, from the
+ * interpreter's gate (under ts_lock).  An entry's life:
  *
- *   operation          | runs on              | concurrent with
- *   -------------------+----------------------+------------------------------
- *   gate enter / leave | any thread           | each other, close
- *   gate close         | phase 2, attached    | enter (fails), leave
- *   entry create       | owning thread        | phase 2 walk (ts_lock)
- *   entry delete (exit)| owning thread, gated | phase 2 walk (ts_lock)
+ *     created by the thread's first attach to the interpreter
+ *       |  main interpreter: the state is made once and kept between attaches
+ *       |  subinterpreter:   made by the outermost attach, deleted (attached)
+ *       |                    by the matching release -- a subinterpreter never
+ *       |                    holds a state of a thread outside it (3.9-3.11
+ *       |                    refuse to run code beside a second state, and
+ *       |                    deleting a live thread's state from elsewhere
+ *       |                    leaves its gilstate slot dangling, eg_compat.h)
+ *     thread exits --> dead: handed to the interpreter, never attaching (a
+ *       |              thread must be able to end while another thread holds
+ *       |              the GIL and joins it)
+ *     reaped by the next thread attached to that interpreter (an attach,
+ *       phase 2): PyThreadState_Clear + PyThreadState_Delete, then freed.
+ *
+ * A live thread's state of the main interpreter is left to CPython at exit;
+ * after fork the child forgets every state but the forking thread's current
+ * one (CPython freed them).
+ *
+ *   operation           | runs on              | concurrent with
+ *   --------------------+----------------------+------------------------------
+ *   gate enter / leave  | any thread           | each other, close
+ *   gate close          | phase 2, attached    | enter (fails), leave
+ *   entry link / unlink | owning thread        | reap, phase 2 walk (ts_lock)
+ *   entry dies (exit)   | owning thread, no GIL| reap, phase 2 walk (ts_lock)
+ *   reap                | attached to the interp | exits, other reaps (ts_lock)
  */
 #include "eg_internal.h"
 
@@ -56,79 +78,74 @@
 
 struct eg__tsentry {
     eg__interp *rec;
-    PyThreadState *ts;          /* under rec->gate.ts_lock; NULL: gone */
-    int in_use;                 /* attached through it now (owner only) */
+    PyThreadState *ts;          /* under rec->gate.ts_lock; NULL: none */
+    _Atomic int in_use;         /* attaches through it now; owner writes */
+    int dead;                   /* under ts_lock: the owner has exited */
+    _Atomic(eg__pyguard *) guard;   /* held while in_use > 0 */
     struct eg__tsentry *tls_next;             /* the owning thread's */
-    struct eg__tsentry *rec_prev, *rec_next;  /* under ts_lock */
+    struct eg__tsentry *rec_prev, *rec_next;  /* under ts_lock, with ts */
 };
 
 struct eg_interp {
     eg__interp *rec;
+    eg__pyview *view;           /* PEP 788 view (3.15), else a dummy */
 };
 
 /* ---- The gate word ----------------------------------------------------- */
 
-/* (Re-)create the gate's locks; the condition variable waits on
- * CLOCK_MONOTONIC deadlines. */
+/* (Re-)create the lock of the thread-state lists. */
 static void
 eg__gate_init_locks(eg__gate *g)
 {
-    pthread_condattr_t attr;
-    if (pthread_mutex_init(&g->lock, NULL) != 0
-            || pthread_mutex_init(&g->ts_lock, NULL) != 0
-            || pthread_condattr_init(&attr) != 0
-            || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0
-            || pthread_cond_init(&g->left, &attr) != 0) {
+    if (pthread_mutex_init(&g->ts_lock, NULL) != 0) {
         abort();
     }
-    pthread_condattr_destroy(&attr);
 }
 
 void
 eg__gate_init(eg__gate *g)
 {
     memset(g, 0, sizeof(*g));
+    eg__door_init(&g->door, 0);
     eg__gate_init_locks(g);
 }
 
 int
 eg__gate_enter(eg__gate *g)
 {
-    uint64_t w = atomic_load_explicit(&g->word, memory_order_relaxed);
-    do {
-        if ((w >> EG_GATE_SHIFT) != EG_GATE_OPEN) {
-            return -ESHUTDOWN;
-        }
-        /* Acquire on success: nothing this thread does inside is ordered
-         * before the entry, so the closer that sees the count see us. */
-    } while (!atomic_compare_exchange_weak_explicit(
-                 &g->word, &w, w + 1,
-                 memory_order_acquire, memory_order_relaxed));
-    return 0;
+    return eg__door_enter_mp(&g->door);
 }
 
 void
 eg__gate_leave(eg__gate *g)
 {
-    /* Release: everything done inside happens before phase 2 observes the
-     * count fall (it loads the word with acquire). */
-    uint64_t w = atomic_fetch_sub_explicit(&g->word, 1,
-                                           memory_order_release) - 1;
-    if ((w >> EG_GATE_SHIFT) != EG_GATE_OPEN && (w & EG_GATE_COUNT) == 0) {
-        /* The closer checks the count under this mutex before it sleeps,
-         * so taking it here cannot lose the wake-up. */
-        eg__mutex_lock(&g->lock);
-        pthread_cond_broadcast(&g->left);
-        eg__mutex_unlock(&g->lock);
-    }
+    eg__door_leave_mp(&g->door);
+}
+
+void
+eg__gate_pause(eg__gate *g)
+{
+    eg__door_pause(&g->door);
+}
+
+uint64_t
+eg__gate_wait_empty(eg__gate *g, const struct timespec *deadline)
+{
+    return eg__door_wait_empty(&g->door, deadline);
+}
+
+void
+eg__gate_resume(eg__gate *g)
+{
+    eg__door_resume(&g->door);
 }
 
 const char *
 eg__gate_state_name(eg__gate *g)
 {
-    switch (atomic_load(&g->word) >> EG_GATE_SHIFT) {
-    case EG_GATE_OPEN:    return "open";
-    case EG_GATE_CLOSING: return "closing";
+    switch (eg__door_state(&g->door)) {
+    case EG__DOOR_OPEN:    return "open";
+    case EG__DOOR_CLOSING: return "closing";
     default:              return "closed";
     }
 }
@@ -162,6 +179,7 @@ static _Thread_local eg__tls_states eg__tls_ts;
 static pthread_key_t eg__ts_key;
 static pthread_once_t eg__ts_once = PTHREAD_ONCE_INIT;
 
+/* Under ts_lock: take e out of the gate's list. */
 static void
 eg__unlink_entry(eg__gate *g, eg__tsentry *e)
 {
@@ -177,9 +195,25 @@ eg__unlink_entry(eg__gate *g, eg__tsentry *e)
     e->rec_prev = e->rec_next = NULL;
 }
 
-/* Thread exit: delete this thread's cached thread states, through the gate
- * (the interpreter may be stopping or gone: then phase 2 deleted them, or
- * they are leaked with the interpreter).  No thread state on entry. */
+/* Under ts_lock: put e at the head of the gate's list. */
+static void
+eg__link_entry(eg__gate *g, eg__tsentry *e)
+{
+    e->rec_prev = NULL;
+    e->rec_next = g->entries;
+    if (g->entries) {
+        g->entries->rec_prev = e;
+    }
+    g->entries = e;
+}
+
+/* Thread exit: hand this thread's cached thread states to their
+ * interpreters.  CAUTION: no thread state, and none is taken -- a thread
+ * that ends must not need the GIL (an extension's close() often joins its
+ * threads while holding it), and by the time key destructors run, other
+ * keys' values, CPython's gilstate slot among them, may already be gone
+ * (3.14 debug builds assert on exactly that).  The states are deleted later
+ * by whoever is attached to their interpreter (eg__tstates_reap). */
 void
 eg__tstates_release_self(void)
 {
@@ -188,37 +222,73 @@ eg__tstates_release_self(void)
     while (e != NULL) {
         eg__tsentry *next = e->tls_next;
         eg__gate *g = &e->rec->gate;
-        int entered = eg__gate_enter(g) == 0;
-        if (entered && (Py_IsFinalizing()
-                        || atomic_load(&e->rec->pyinterp) == NULL)) {
-            /* An embedder finalized without atexit: leak, do not attach. */
-            eg__gate_leave(g);
-            entered = 0;
-        }
+        int free_it = 1, still_inside = 0;
         eg__mutex_lock(&g->ts_lock);
-        PyThreadState *ts = entered ? e->ts : NULL;
-        e->ts = NULL;
-        eg__unlink_entry(g, e);
+        if (e->ts != NULL) {
+            if (atomic_load_explicit(&e->in_use, memory_order_relaxed) > 0) {
+                /* Exited between eg_gil_ensure and eg_gil_release: the
+                 * state may still be active; it is never touched again. */
+                eg__unlink_entry(g, e);
+                still_inside = 1;
+            }
+            else {
+                e->dead = 1;
+                free_it = 0;
+                /* Relaxed: the entry itself is handed over under ts_lock;
+                 * the count only tells attached threads to look. */
+                atomic_fetch_add_explicit(&g->ndead, 1, memory_order_relaxed);
+            }
+        }
         eg__mutex_unlock(&g->ts_lock);
-        if (ts != NULL) {
-            PyEval_RestoreThread(ts);
-            PyThreadState_Clear(ts);
-            PyThreadState_DeleteCurrent();
+        if (still_inside) {
+            fprintf(stderr, "exitguard: a thread exited between "
+                    "eg_gil_ensure() and eg_gil_release() (interpreter "
+                    "%lld); its thread state is leaked\n",
+                    (long long)e->rec->id);
         }
-        if (entered) {
-            eg__gate_leave(g);
+        if (free_it) {
+            free(e);
         }
-        free(e);
         e = next;
     }
 }
 
+void
+eg__tstates_reap(eg__interp *in)
+{
+    eg__gate *g = &in->gate;
+    /* Relaxed: a stale 0 only leaves the work to the next attach. */
+    if (EG_LIKELY(atomic_load_explicit(&g->ndead, memory_order_relaxed)
+                  == 0)) {
+        return;
+    }
+    for (;;) {
+        eg__tsentry *e;
+        eg__mutex_lock(&g->ts_lock);
+        for (e = g->entries; e != NULL; e = e->rec_next) {
+            if (e->dead) {
+                eg__unlink_entry(g, e);
+                atomic_fetch_sub_explicit(&g->ndead, 1, memory_order_relaxed);
+                break;
+            }
+        }
+        eg__mutex_unlock(&g->ts_lock);
+        if (e == NULL) {
+            return;
+        }
+        /* The owner has exited: its gilstate slot is gone with it (see
+         * eg_compat.h), and we are attached to the state's interpreter, as
+         * PyThreadState_Clear requires.  Clearing may run finalizers. */
+        eg__tstate_forget_gilstate(e->ts);
+        PyThreadState_Clear(e->ts);
+        PyThreadState_Delete(e->ts);
+        free(e);
+        atomic_fetch_add_explicit(&g->reaped, 1, memory_order_relaxed);
+    }
+}
+
 /* Thread exit (pthread key destructor) of a thread exitguard did not
- * start: same as eg__tstates_release_self().  NB: by now other keys'
- * destructors may have run -- CPython's gilstate key among them -- so
- * threads exitguard owns release their states before returning instead
- * (a free-threaded debug allocator saw "called without holding the GIL"
- * here for the log forwarder). */
+ * start: same as eg__tstates_release_self(). */
 static void
 eg__ts_destructor(void *unused)
 {
@@ -234,52 +304,51 @@ eg__ts_key_create(void)
     }
 }
 
-/* Inside the gate: this thread's entry for `in`, with a thread state.
- * NULL when out of memory. */
+/* Inside the gate: this thread's entry for `in` (created on first use, with
+ * no thread state yet).  NULL when out of memory. */
 static eg__tsentry *
 eg__entry_get(eg__interp *in)
 {
     eg__tsentry *e;
     for (e = eg__tls_ts.entries; e != NULL; e = e->tls_next) {
         if (e->rec == in) {
-            break;
+            return e;
         }
     }
+    e = calloc(1, sizeof(*e));
     if (e == NULL) {
-        e = calloc(1, sizeof(*e));
-        if (e == NULL) {
-            return NULL;
-        }
-        e->rec = in;
-        if (!eg__tls_ts.key_set) {
-            pthread_once(&eg__ts_once, eg__ts_key_create);
-            (void)pthread_setspecific(eg__ts_key, &eg__tls_ts);
-            eg__tls_ts.key_set = 1;
-        }
-        e->tls_next = eg__tls_ts.entries;
-        eg__tls_ts.entries = e;
+        return NULL;
     }
-    if (e->ts == NULL) {
-        /* No GIL needed (PyThreadState_New takes the runtime's own lock);
-         * the gate guarantees the interpreter is alive. */
-        PyInterpreterState *pyinterp =
-            atomic_load_explicit(&in->pyinterp, memory_order_acquire);
-        PyThreadState *ts = pyinterp ? PyThreadState_New(pyinterp) : NULL;
-        if (ts == NULL) {
-            return NULL;
-        }
-        eg__gate *g = &in->gate;
-        eg__mutex_lock(&g->ts_lock);
-        e->ts = ts;
-        e->rec_prev = NULL;
-        e->rec_next = g->entries;
-        if (g->entries) {
-            g->entries->rec_prev = e;
-        }
-        g->entries = e;
-        eg__mutex_unlock(&g->ts_lock);
+    e->rec = in;
+    if (!eg__tls_ts.key_set) {
+        pthread_once(&eg__ts_once, eg__ts_key_create);
+        (void)pthread_setspecific(eg__ts_key, &eg__tls_ts);
+        eg__tls_ts.key_set = 1;
     }
+    e->tls_next = eg__tls_ts.entries;
+    eg__tls_ts.entries = e;
     return e;
+}
+
+/* Inside the gate, guard held, not attached: give e a new thread state of
+ * its interpreter and list it in the gate.  Returns 0 or -ENOMEM. */
+static int
+eg__entry_new_tstate(eg__interp *in, eg__tsentry *e)
+{
+    /* No GIL needed (PyThreadState_New takes the runtime's own lock); the
+     * gate and the guard keep the interpreter alive. */
+    PyInterpreterState *pyinterp =
+        atomic_load_explicit(&in->pyinterp, memory_order_acquire);
+    PyThreadState *ts = pyinterp ? PyThreadState_New(pyinterp) : NULL;
+    if (ts == NULL) {
+        return -ENOMEM;
+    }
+    eg__gate *g = &in->gate;
+    eg__mutex_lock(&g->ts_lock);
+    e->ts = ts;
+    eg__link_entry(g, e);
+    eg__mutex_unlock(&g->ts_lock);
+    return 0;
 }
 
 /* ---- Attach and release ------------------------------------------------------ */
@@ -313,26 +382,53 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
         atomic_fetch_add_explicit(&g->attach_ok, 1, memory_order_relaxed);
         return 0;
     }
-    if (eg__thread_self_abandoned() || eg__gate_enter(g) < 0) {
+    if (eg__thread_self_abandoned()) {
         goto refused;
     }
-    /* Belt and braces for embedders that finalize without running atexit
-     * (so our phase 2 never closed the gate): racy on its own, but it only
-     * ever turns an attach into a refusal. */
-    if (Py_IsFinalizing()) {
-        eg__gate_leave(g);
-        goto refused;
+    /* Attached to another interpreter: step out of it first -- entering
+     * may wait (a fork pauses the gate), and never while attached. */
+    PyThreadState *prev = cur != NULL ? PyEval_SaveThread() : NULL;
+    if (eg__gate_enter(g) < 0) {
+        goto refused_restore;
     }
     eg__tsentry *e = eg__entry_get(in);
     if (e == NULL) {
         eg__gate_leave(g);
-        return -ENOMEM;
+        goto nomem_restore;
     }
-    if (cur != NULL) {
-        /* Attached to another interpreter: step out of it first. */
-        ST_PREV(st) = PyEval_SaveThread();
+    int outermost = atomic_load_explicit(&e->in_use,
+                                         memory_order_relaxed) == 0;
+    if (outermost) {
+        /* The PEP 788 guard (3.15; the old finalizing check before): held
+         * until the matching release, so CPython cannot begin finalizing
+         * under this thread even if our phase 2 never runs. */
+        eg__pyguard *guard = eg__guard_from_view(h ? h->view : in->view);
+        if (guard == NULL) {
+            eg__gate_leave(g);
+            goto refused_restore;
+        }
+#if EG_HAVE_PEP788
+        atomic_fetch_add_explicit(&g->guards, 1, memory_order_relaxed);
+#endif
+        /* Relaxed: only phase 2 reads it (under ts_lock), and only for a
+         * thread stuck past the join timeout. */
+        atomic_store_explicit(&e->guard, guard, memory_order_relaxed);
     }
-    e->in_use++;
+    if (e->ts == NULL && eg__entry_new_tstate(in, e) < 0) {
+        if (outermost) {
+            eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
+                                                     memory_order_relaxed));
+        }
+        eg__gate_leave(g);
+        goto nomem_restore;
+    }
+    ST_PREV(st) = prev;
+    /* Only this thread writes in_use; relaxed (phase 2 reads it under
+     * ts_lock, for its message and stuck guards only). */
+    atomic_store_explicit(&e->in_use,
+                          atomic_load_explicit(&e->in_use,
+                                               memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     PyEval_RestoreThread(e->ts);
     ST_REC(st) = in;
     ST_ENTRY(st) = e;
@@ -349,11 +445,23 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
         Py_XDECREF(r);
     }
 #endif
-    /* An exitguard entry point: apply what is queued for this interpreter
-     * (the only way a subinterpreter's queue drains between flushes). */
+    /* An exitguard entry point: delete the states of threads that exited,
+     * and apply what is queued for this interpreter (the only way a
+     * subinterpreter's queue drains between flushes). */
+    eg__tstates_reap(in);
     eg__decref_maybe_drain(in);
     return 0;
 
+nomem_restore:
+    if (prev != NULL) {
+        PyEval_RestoreThread(prev);
+    }
+    return -ENOMEM;
+
+refused_restore:
+    if (prev != NULL) {
+        PyEval_RestoreThread(prev);
+    }
 refused:
     atomic_fetch_add_explicit(&g->attach_refused, 1, memory_order_relaxed);
     return -ESHUTDOWN;
@@ -367,13 +475,36 @@ eg_gil_release(eg_gil *st)
     }
     eg__interp *in = ST_REC(st);
     eg__tsentry *e = ST_ENTRY(st);
-    (void)PyEval_SaveThread();
-    e->in_use--;
+    eg__gate *g = &in->gate;
+    int depth = atomic_load_explicit(&e->in_use, memory_order_relaxed);
+    if (depth == 1 && !in->is_main) {
+        /* A subinterpreter keeps no state of a thread that is outside it:
+         * 3.9-3.11 refuse to run code in an interpreter with a second
+         * thread state, and only the owning thread can delete its state
+         * without leaving its gilstate slot dangling (eg_compat.h).  So the
+         * outermost release deletes it, attached, like PyGILState_Release. */
+        PyThreadState *ts = e->ts;
+        eg__mutex_lock(&g->ts_lock);
+        e->ts = NULL;
+        eg__unlink_entry(g, e);
+        eg__mutex_unlock(&g->ts_lock);
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();      /* detaches */
+    }
+    else {
+        (void)PyEval_SaveThread();
+    }
+    atomic_store_explicit(&e->in_use, depth - 1, memory_order_relaxed);
+    if (depth == 1) {
+        /* NULL when phase 2 closed it for us after the join timeout. */
+        eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
+                                                 memory_order_relaxed));
+    }
     if (ST_PREV(st) != NULL) {
         PyEval_RestoreThread((PyThreadState *)ST_PREV(st));
     }
     ST_MODE(st) = NULL;
-    eg__gate_leave(&in->gate);
+    eg__gate_leave(g);
 }
 
 /* ---- Phase 2 ------------------------------------------------------------------ */
@@ -382,63 +513,41 @@ uint64_t
 eg__gate_close(eg__interp *in, double timeout_s)
 {
     eg__gate *g = &in->gate;
-    /* seq_cst: every enter that has not incremented by now fails. */
-    atomic_fetch_or_explicit(&g->word, EG_GATE_CLOSING << EG_GATE_SHIFT,
-                             memory_order_seq_cst);
-    uint64_t inside = atomic_load_explicit(&g->word, memory_order_acquire)
-                      & EG_GATE_COUNT;
+    /* From here every enter fails; then wait, GIL released (the threads
+     * inside may need it to come out), for the ones inside to leave, and
+     * close for good -- each step one atomic transition (door.c). */
+    uint64_t inside = eg__door_begin_close(&g->door);
     if (inside != 0) {
         struct timespec deadline = eg__deadline(timeout_s);
         Py_BEGIN_ALLOW_THREADS
-        eg__mutex_lock(&g->lock);
-        while ((inside = atomic_load_explicit(&g->word, memory_order_acquire)
-                         & EG_GATE_COUNT) != 0) {
-            if (pthread_cond_timedwait(&g->left, &g->lock, &deadline)
-                    == ETIMEDOUT) {
-                inside = atomic_load(&g->word) & EG_GATE_COUNT;
-                break;
-            }
-        }
-        eg__mutex_unlock(&g->lock);
+        inside = eg__door_wait_empty(&g->door, &deadline);
         Py_END_ALLOW_THREADS
     }
-    atomic_fetch_and_explicit(&g->word, EG_GATE_COUNT, memory_order_relaxed);
-    atomic_fetch_or_explicit(&g->word, EG_GATE_CLOSED << EG_GATE_SHIFT,
-                             memory_order_release);
+    eg__door_finish_close(&g->door);
 
-    /* Delete the cached thread states of a subinterpreter: Py_EndInterpreter
-     * aborts with "not the last thread" while any exists.  No thread is
-     * inside any more (unless a stuck one outlived the deadline: its state
-     * may be in use, so it is left alone).  We are attached to this
-     * interpreter, as PyThreadState_Clear needs.
-     *
-     * The main interpreter's are left to CPython, which deletes every other
-     * thread state right after it sets the finalizing flag
-     * (_PyThreadState_DeleteExcept): on 3.12 and 3.13 PyThreadState_Delete
-     * of another thread's gilstate-bound state also clears the *calling*
-     * thread's gilstate binding (unbind_gilstate_tstate; see gh-131012),
-     * which the main thread still needs during finalization.  A
-     * subinterpreter's ending re-binds the main thread's state when it
-     * swaps back to it. */
-    while (!in->is_main) {
-        PyThreadState *ts = NULL;
+    /* Threads that exited since the last attach: delete their states now,
+     * attached as we are, before CPython tears the interpreter down (a
+     * subinterpreter with a leftover state aborts Py_EndInterpreter with
+     * "not the last thread", cpython.md section 2).  A live thread's state
+     * of the main interpreter is left to CPython, which deletes every other
+     * thread state right after it sets the finalizing flag; a
+     * subinterpreter keeps none (eg_gil_release). */
+    eg__tstates_reap(in);
+
+    if (inside != 0) {
+        /* Threads stuck inside past the deadline keep their states.  On
+         * 3.15 they also hold PEP 788 guards, for which CPython's
+         * finalization would wait for ever: close those for them (their own
+         * release then finds NULL).  They are parked if they ever try to
+         * re-attach -- never let into a finalizing interpreter. */
         eg__mutex_lock(&g->ts_lock);
         for (eg__tsentry *e = g->entries; e != NULL; e = e->rec_next) {
-            if (e->ts != NULL && (inside == 0 || e->in_use == 0)) {
-                ts = e->ts;
-                e->ts = NULL;
-                eg__unlink_entry(g, e);
-                break;
+            if (atomic_load_explicit(&e->in_use, memory_order_relaxed) > 0) {
+                eg__guard_close(atomic_exchange_explicit(
+                    &e->guard, NULL, memory_order_relaxed));
             }
         }
         eg__mutex_unlock(&g->ts_lock);
-        if (ts == NULL) {
-            break;
-        }
-        PyThreadState_Clear(ts);
-        PyThreadState_Delete(ts);
-    }
-    if (inside != 0) {
         fprintf(stderr, "exitguard: %llu thread(s) still inside the attach "
                 "gate of interpreter %lld after %.1f s; exit continues "
                 "without waiting for them\n", (unsigned long long)inside,
@@ -452,33 +561,74 @@ eg__gate_close(eg__interp *in, double timeout_s)
 /* pthread_atfork child, no Python API.  Only the forking thread survives.
  * CPython deleted every other thread state (and kept the forking thread's
  * current one), so every cached state is forgotten, not deleted -- except
- * one this thread is attached through right now, which CPython kept. */
+ * one this thread is attached through right now, which CPython kept.
+ * Entries of exited threads are forgotten with the rest. */
+static int
+eg__entry_is_mine(eg__tsentry *e)
+{
+    for (eg__tsentry *m = eg__tls_ts.entries; m != NULL; m = m->tls_next) {
+        if (m == e) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void
 eg__gate_after_fork_child(eg__interp *in)
 {
     eg__gate *g = &in->gate;
     eg__gate_init_locks(g);
     uint64_t mine = 0;
+    /* Threads that were inside at fork time are gone, but on 3.15 the
+     * guards they held were copied into the child with the interpreter's
+     * guard count, and CPython's finalization of the child would wait for
+     * them for ever (seen with CPython 3.15.2: any guard held across fork,
+     * even by the forking thread, hangs the child's exit).  Keep those
+     * entries aside; the Python-level after-fork hook closes their guards
+     * (eg__gate_close_fork_orphans), the guards being ours to close. */
+    g->fork_orphans = NULL;
+    for (eg__tsentry *e = g->entries, *next; e != NULL; e = next) {
+        next = e->rec_next;
+        if (!eg__entry_is_mine(e)
+                && atomic_load_explicit(&e->guard, memory_order_relaxed)) {
+            e->rec_next = g->fork_orphans;
+            g->fork_orphans = e;
+        }
+    }
     g->entries = NULL;
+    atomic_store_explicit(&g->ndead, 0, memory_order_relaxed);
     for (eg__tsentry *e = eg__tls_ts.entries; e != NULL; e = e->tls_next) {
         if (e->rec != in) {
             continue;
         }
-        mine += (uint64_t)e->in_use;
-        if (e->in_use > 0 && e->ts != NULL) {
-            e->rec_prev = NULL;
-            e->rec_next = g->entries;
-            if (g->entries) {
-                g->entries->rec_prev = e;
-            }
-            g->entries = e;
+        int in_use = atomic_load_explicit(&e->in_use, memory_order_relaxed);
+        mine += (uint64_t)in_use;
+        if (in_use > 0 && e->ts != NULL) {
+            eg__link_entry(g, e);
         }
         else {
             e->ts = NULL;
         }
     }
-    uint64_t state = atomic_load(&g->word) >> EG_GATE_SHIFT;
-    atomic_store(&g->word, (state << EG_GATE_SHIFT) | mine);
+    eg__door_init(&g->door, mine);      /* a pause in progress is over */
+}
+
+void
+eg__gate_close_fork_orphans(eg__interp *in)
+{
+    eg__gate *g = &in->gate;
+    eg__mutex_lock(&g->ts_lock);
+    eg__tsentry *e = g->fork_orphans;
+    g->fork_orphans = NULL;
+    eg__mutex_unlock(&g->ts_lock);
+    while (e != NULL) {
+        eg__tsentry *next = e->rec_next;
+        eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
+                                                 memory_order_relaxed));
+        free(e);        /* its thread, and so every other pointer to it, is gone */
+        e = next;
+    }
 }
 
 /* ---- Interpreter handles ------------------------------------------------- */
@@ -499,6 +649,11 @@ eg_interp_current(void)
         return NULL;
     }
     h->rec = in;
+    h->view = eg__view_current();
+    if (h->view == NULL) {
+        free(h);
+        return NULL;
+    }
     return h;
 }
 
@@ -511,8 +666,14 @@ eg_interp_main(void)
         return NULL;
     }
     eg_interp *h = malloc(sizeof(*h));
-    if (h != NULL) {
-        h->rec = in;
+    if (h == NULL) {
+        return NULL;
+    }
+    h->rec = in;
+    h->view = eg__view_main();     /* 3.15: NULL once main is gone */
+    if (h->view == NULL) {
+        free(h);
+        return NULL;
     }
     return h;
 }
@@ -520,5 +681,8 @@ eg_interp_main(void)
 void
 eg_interp_close(eg_interp *h)
 {
-    free(h);
+    if (h != NULL) {
+        eg__view_close(h->view);
+        free(h);
+    }
 }

@@ -18,8 +18,15 @@
  * pyinterp == NULL, so a stale cache entry never matches even when a new
  * interpreter reuses the old address.
  *
- * fork: pthread_atfork's child handler runs before CPython's own
- * PyOS_AfterFork_Child() and may only touch raw memory: it re-creates every
+ * fork: os.fork() first runs the before-hook (eg__fork_prepare): every gate
+ * is paused and, GIL released, the fork waits (at most
+ * EXITGUARD_FORK_TIMEOUT seconds) until no native thread is inside CPython
+ * -- a thread inside at fork time would leave the child a lock it held (the
+ * free-threaded stop-the-world mutex, issue 12) or, on 3.15, a PEP 788 guard
+ * its finalization waits for for ever.  Threads that try to attach meanwhile
+ * wait, detached, until the parent's after-hook (eg__fork_parent) or the
+ * child's reset resumes the gates.  pthread_atfork's child handler runs
+ * before CPython's own PyOS_AfterFork_Child() and may only touch raw memory: it re-creates every
  * exitguard mutex (another thread may have held one at fork time, and that
  * thread is gone), marks subinterpreter records dead (CPython deletes every
  * subinterpreter in the child) and orphans the rings of the vanished
@@ -94,6 +101,12 @@ eg__interp_acquire(void)
     PyInterpreterState *pyinterp = PyInterpreterState_Get();
     int64_t id = PyInterpreterState_GetID(pyinterp);
     eg__interp *in;
+    /* Made before the lock (CPython is not called under our mutexes); a
+     * second module of the same interpreter closes it again. */
+    eg__pyview *view = eg__view_current();
+    if (view == NULL) {
+        return NULL;
+    }
 
     eg__mutex_lock(&eg__records_lock);
     for (in = eg__records; in != NULL; in = in->next_record) {
@@ -101,6 +114,7 @@ eg__interp_acquire(void)
                 == pyinterp && in->id == id) {
             in->nmodules++;
             eg__mutex_unlock(&eg__records_lock);
+            eg__view_close(view);
             return in;
         }
     }
@@ -109,10 +123,12 @@ eg__interp_acquire(void)
                        / EG_CACHELINE * EG_CACHELINE);
     if (in == NULL) {
         eg__mutex_unlock(&eg__records_lock);
+        eg__view_close(view);
         PyErr_NoMemory();
         return NULL;
     }
     memset(in, 0, sizeof(*in));
+    in->view = view;
     eg__decref_queue_init(&in->queue);
     eg__registry_init(&in->refs);
     eg__stoppers_init(&in->stoppers);
@@ -173,6 +189,52 @@ eg__reopen_eventfd(int fd)
     }
 }
 
+/* EXITGUARD_FORK_TIMEOUT: how long os.fork() waits for native threads to
+ * leave CPython (seconds, default 2). */
+static double eg__fork_timeout = 2.0;
+
+/* The records list's head.  Records are only ever prepended and never
+ * freed, and next_record never changes once linked, so the list can be
+ * walked from a snapshot without the lock (and with the GIL released). */
+static eg__interp *
+eg__records_snapshot(void)
+{
+    eg__mutex_lock(&eg__records_lock);
+    eg__interp *head = eg__records;
+    eg__mutex_unlock(&eg__records_lock);
+    return head;
+}
+
+void
+eg__fork_prepare(void)
+{
+    eg__interp *head = eg__records_snapshot();
+    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+        eg__gate_pause(&in->gate);
+    }
+    struct timespec deadline = eg__deadline(eg__fork_timeout);
+    uint64_t inside = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+        inside += eg__gate_wait_empty(&in->gate, &deadline);
+    }
+    Py_END_ALLOW_THREADS
+    if (inside != 0) {
+        fprintf(stderr, "exitguard: %llu native thread(s) still inside "
+                "CPython after %.1f s (EXITGUARD_FORK_TIMEOUT); forking "
+                "anyway\n", (unsigned long long)inside, eg__fork_timeout);
+    }
+}
+
+void
+eg__fork_parent(void)
+{
+    for (eg__interp *in = eg__records_snapshot(); in != NULL;
+         in = in->next_record) {
+        eg__gate_resume(&in->gate);
+    }
+}
+
 static void
 eg__atfork_child(void)
 {
@@ -211,6 +273,19 @@ eg__atfork_child(void)
 static void
 eg__process_init_once(void)
 {
+    const char *t = getenv("EXITGUARD_FORK_TIMEOUT");
+    if (t != NULL && *t) {
+        char *end;
+        double d = strtod(t, &end);
+        if (*end == '\0' && d >= 0 && d <= 1e6) {
+            eg__fork_timeout = d;
+        }
+        else {
+            fprintf(stderr, "exitguard: invalid EXITGUARD_FORK_TIMEOUT '%s' "
+                    "(expected seconds, 0 to 1e6); using %.1f\n", t,
+                    eg__fork_timeout);
+        }
+    }
     eg__decref_process_init();
     eg__log_process_init();
     eg__shutdown_process_init();

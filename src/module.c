@@ -832,6 +832,10 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "attach_ok", atomic_load(&in->gate.attach_ok)) < 0
         || eg__set_u64(d, "attach_refused",
                        atomic_load(&in->gate.attach_refused)) < 0
+        || eg__set_u64(d, "attach_guards", atomic_load(&in->gate.guards)) < 0
+        || eg__set_u64(d, "tstates_reaped", atomic_load(&in->gate.reaped)) < 0
+        || PyDict_SetItemString(d, "pep788",
+                                EG_HAVE_PEP788 ? Py_True : Py_False) < 0
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
         goto fail;
     }
@@ -872,8 +876,28 @@ eg_py_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     eg__interp *in = eg__get_state(module)->rec;
     if (in->is_main) {
+        eg__gate_close_fork_orphans(in);
         (void)eg__decref_drain_sc(in);
     }
+    Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(before=...): attached.  Returns once no native
+ * thread is inside CPython (or the fork timeout passed). */
+static PyObject *
+eg_py_before_fork(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    eg__fork_prepare();
+    Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(after_in_parent=...): attached. */
+static PyObject *
+eg_py_after_fork_parent(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    eg__fork_parent();
     Py_RETURN_NONE;
 }
 
@@ -913,6 +937,10 @@ static PyMethodDef eg_methods[] = {
      "exitguard's phase 2 (atexit hook)."},
     {"_after_fork_child", eg_py_after_fork_child, METH_NOARGS,
      "os.register_at_fork(after_in_child=...) hook."},
+    {"_before_fork", eg_py_before_fork, METH_NOARGS,
+     "os.register_at_fork(before=...) hook: the fork barrier."},
+    {"_after_fork_parent", eg_py_after_fork_parent, METH_NOARGS,
+     "os.register_at_fork(after_in_parent=...) hook."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -986,11 +1014,17 @@ eg__hook(PyObject *module, const char *fname, const char *modname,
 static int
 eg__hook_fork(PyObject *module)
 {
-    PyObject *fn = PyObject_GetAttrString(module, "_after_fork_child");
-    PyObject *os = fn ? PyImport_ImportModule("os") : NULL;
+    PyObject *child = PyObject_GetAttrString(module, "_after_fork_child");
+    PyObject *before = child ? PyObject_GetAttrString(module, "_before_fork")
+                             : NULL;
+    PyObject *parent = before
+        ? PyObject_GetAttrString(module, "_after_fork_parent") : NULL;
+    PyObject *os = parent ? PyImport_ImportModule("os") : NULL;
     PyObject *reg = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
     PyObject *args = reg ? PyTuple_New(0) : NULL;
-    PyObject *kw = args ? Py_BuildValue("{s:O}", "after_in_child", fn) : NULL;
+    PyObject *kw = args ? Py_BuildValue("{s:O,s:O,s:O}", "before", before,
+                                        "after_in_parent", parent,
+                                        "after_in_child", child) : NULL;
     PyObject *r = kw ? PyObject_Call(reg, args, kw) : NULL;
     int rc = r ? 0 : -1;
     Py_XDECREF(r);
@@ -998,7 +1032,9 @@ eg__hook_fork(PyObject *module)
     Py_XDECREF(args);
     Py_XDECREF(reg);
     Py_XDECREF(os);
-    Py_XDECREF(fn);
+    Py_XDECREF(parent);
+    Py_XDECREF(before);
+    Py_XDECREF(child);
     return rc;
 }
 

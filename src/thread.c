@@ -127,15 +127,13 @@ eg__thread_main(void *p)
     eg__threads *th = &t->interp->threads;
     eg__self = t;
     t->run(t->arg);
-    eg__tstates_release_self();   /* while the thread is whole, not in TLS teardown */
+    eg__tstates_release_self();   /* hands its states over; never attaches */
     eg__self = NULL;        /* t may be freed once `ended` is set */
     eg__mutex_lock(&th->lock);
     t->ended = 1;
     th->live--;
     pthread_cond_broadcast(&th->cond);
     eg__mutex_unlock(&th->lock);
-    /* Our cached thread states are deleted by gate.c's key destructor
-     * after this returns; eg__self dies with the thread. */
     return NULL;
 }
 
@@ -275,9 +273,8 @@ eg__wait_reaped(eg__threads *th, struct eg_thread *t,
     if (!t->reap_claimed) {
         t->reap_claimed = 1;
         eg__mutex_unlock(&th->lock);
-        /* It has returned from run(); what is left is its key destructors
-         * (which may attach briefly to delete a thread state: we hold no
-         * GIL here). */
+        /* It has returned from run(); what is left is its key destructors,
+         * which never need the GIL. */
         pthread_join(t->tid, NULL);
         eg__mutex_lock(&th->lock);
         t->reaped = 1;

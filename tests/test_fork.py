@@ -82,3 +82,39 @@ def test_fork_200_times_under_native_load(run_py):
     assert d["statuses"] == [0], res.describe()
     assert d["state"] == "running"
     assert d["churned"] > 1000
+
+
+def test_fork_while_a_native_thread_is_inside_python(run_py):
+    """A native thread is attached -- inside a Python callback, holding a PEP 788
+    guard on 3.15 -- when the main thread forks.  The child, where that thread does
+    not exist, must exit normally: exitguard closes the guard the child inherited
+    (CPython 3.15.2's finalization would otherwise wait for it for ever)."""
+    res = run_py(
+        """
+        import json, os, sys, threading, time, warnings, exitguard, egtest
+        warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
+        inside, release = threading.Event(), threading.Event()
+        def callback():
+            if not release.is_set():
+                inside.set()
+                release.wait()
+        egtest.raw_attachers(1, callback, 1000)
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)                  # a normal exit: finalization runs in the child
+        release.set()
+        deadline = time.monotonic() + 10
+        r = 0
+        while not r and time.monotonic() < deadline:
+            r, status = os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.01)
+        if not r:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        print(json.dumps({"child": os.waitstatus_to_exitcode(status) if r else "hang"}))
+        """,
+        timeout=30,
+    )
+    assert_clean(res)
+    assert res.data["child"] == 0, res.describe()

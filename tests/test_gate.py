@@ -190,3 +190,75 @@ def test_ensure_after_finalize_is_refused(run_py):
         timeout=30,
     )
     assert_clean(res)
+
+
+def test_thread_that_attached_ends_while_its_joiner_holds_the_gil(run_py):
+    """A native thread that attached through exitguard ends without needing the GIL
+    (issue 11 item 1): its joiner may hold the GIL, as many close() methods do.  Its
+    cached thread state is deleted later, by the next thread that attaches."""
+    res = run_py(
+        """
+        import json, exitguard, egtest
+        rcs = [egtest.attach_then_join_holding_gil() for _ in range(3)]
+        egtest.nested_in_thread(lambda: None)    # a later attach reaps the ended threads' states
+        print(json.dumps({"rcs": rcs, "reaped": exitguard.stats()["tstates_reaped"]}))
+        """,
+        timeout=20,
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["rcs"] == [0, 0, 0]
+    assert d["reaped"] >= 3, res.describe()
+    assert res.elapsed < 10, res.describe()
+
+
+PEP788 = sys.version_info >= (3, 15)
+
+
+def test_pep788_guards_are_taken_on_315_only(run_py):
+    """On 3.15 every outermost attach holds a real PyInterpreterGuard (issue 10): the
+    counter only the PEP 788 path increments moves, and _core imports the symbol.
+    Before 3.15 neither is there (the gate emulates the guard)."""
+    import exitguard._core as core
+
+    res = run_py(
+        """
+        import json, exitguard, egtest
+        egtest.nested_in_thread(lambda: None)
+        h = egtest.interp_main()
+        egtest.nested_in_thread(lambda: None, h)
+        egtest.interp_close(h)
+        s = exitguard.stats()
+        print(json.dumps({"pep788": s["pep788"], "guards": s["attach_guards"]}))
+        """
+    )
+    assert_clean(res)
+    assert res.data["pep788"] is PEP788
+    assert res.data["guards"] == (2 if PEP788 else 0), res.describe()
+    with open(core.__file__, "rb") as f:
+        imports_guard = b"PyInterpreterGuard_FromView" in f.read()
+    assert imports_guard is PEP788
+
+
+@pytest.mark.skipif(not PEP788, reason="PEP 788 guards exist from CPython 3.15 on")
+def test_guards_keep_a_finalizing_interpreter_out_even_without_phase_2(run_py):
+    """An embedder-style exit in which exitguard's phase 2 never runs (its atexit
+    callback is cleared): the gate stays open, and only the PEP 788 guards stand
+    between attaching threads and finalization.  None may be parked inside CPython's
+    attach, and attaches are refused once finalization began."""
+    res = run_py(
+        """
+        import atexit, time, exitguard, egtest
+        egtest.report_at_exit()
+        egtest.raw_attachers(4, lambda: None, 100)
+        while egtest.attach_counts()["ok"] < 200:
+            time.sleep(0.001)
+        atexit._clear()
+        """,
+        timeout=30,
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["ll_in_ensure"] == 0, res.describe()
+    assert d["ll_refused"] > 0, res.describe()
+    assert res.elapsed < 10, res.describe()

@@ -17,6 +17,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -360,9 +361,11 @@ t_stopper_add_null(PyObject *m, PyObject *Py_UNUSED(ignored))
 
 /* ---- attaching threads (the gate) ------------------------------------------ */
 
-/* Counters of every attaching thread started below, read by Python. */
+/* Counters of every attaching thread started below, read by Python.
+ * n_in_ensure counts threads inside an eg_gil_ensure() call right now: one
+ * parked for ever inside CPython's attach would keep it above zero. */
 static atomic_long n_attach_ok, n_attach_refused, n_ok_after_refused,
-    n_callback_errors, n_stopped_cleanly;
+    n_callback_errors, n_stopped_cleanly, n_in_ensure;
 
 typedef struct {
     PyObject *callback;         /* strong; leaked at exit on purpose */
@@ -398,7 +401,9 @@ attacher_run(void *arg)
             return;
         }
         eg_gil st;
+        atomic_fetch_add(&n_in_ensure, 1);
         int rc = eg_gil_ensure(a->interp, &st);
+        atomic_fetch_sub(&n_in_ensure, 1);
         if (rc == 0) {
             if (refused_once) {
                 atomic_fetch_add(&n_ok_after_refused, 1);
@@ -570,12 +575,98 @@ static PyObject *
 t_attach_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
     (void)m;
-    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l}",
+    return Py_BuildValue("{s:l,s:l,s:l,s:l,s:l,s:l}",
+                         "in_ensure", atomic_load(&n_in_ensure),
                          "ok", atomic_load(&n_attach_ok),
                          "refused", atomic_load(&n_attach_refused),
                          "ok_after_refused", atomic_load(&n_ok_after_refused),
                          "callback_errors", atomic_load(&n_callback_errors),
                          "stopped_cleanly", atomic_load(&n_stopped_cleanly));
+}
+
+/* Py_AtExit hook (report_at_exit()): after Py_FinalizeEx() has returned,
+ * print the attach counters as a JSON line -- the only report a scenario
+ * can make once atexit callbacks are gone.  CAUTION: no Python API here. */
+static void
+report_at_exit_ll(void)
+{
+    /* Refused threads leave eg_gil_ensure within microseconds; a thread
+     * parked inside CPython's attach never does.  Give the former 0.5 s. */
+    for (int i = 0; i < 500 && atomic_load(&n_in_ensure) != 0; i++) {
+        sleep_us(1000);
+    }
+    printf("{\"ll_in_ensure\": %ld, \"ll_ok\": %ld, \"ll_refused\": %ld}\n",
+           atomic_load(&n_in_ensure), atomic_load(&n_attach_ok),
+           atomic_load(&n_attach_refused));
+    fflush(stdout);
+}
+
+static PyObject *
+t_report_at_exit(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    if (Py_AtExit(report_at_exit_ll) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Py_AtExit is full");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* attach_then_join_holding_gil(): a raw pthread attaches once through
+ * exitguard (a cached thread state is made for it), detaches and ends;
+ * this thread joins it WITHOUT releasing the GIL -- what many extensions'
+ * close() does.  Returns the thread's eg_gil_ensure result.  If ending the
+ * thread needed the GIL, this would never return. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int attached, may_exit, rc;
+} joiner_t;
+
+static void *
+joiner_main(void *arg)
+{
+    joiner_t *j = arg;
+    eg_gil st;
+    int rc = eg_gil_ensure(NULL, &st);
+    if (rc == 0) {
+        eg_gil_release(&st);
+    }
+    pthread_mutex_lock(&j->mu);
+    j->rc = rc;
+    j->attached = 1;
+    pthread_cond_broadcast(&j->cv);
+    while (!j->may_exit) {
+        pthread_cond_wait(&j->cv, &j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;           /* thread exit: exitguard's key destructor runs */
+}
+
+static PyObject *
+t_attach_then_join_holding_gil(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    joiner_t j = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0};
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, joiner_main, &j) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    /* Its attach needs the GIL: release it until the thread has attached. */
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&j.mu);
+    while (!j.attached) {
+        pthread_cond_wait(&j.cv, &j.mu);
+    }
+    pthread_mutex_unlock(&j.mu);
+    Py_END_ALLOW_THREADS
+    /* Now with the GIL held: let it end, and join it. */
+    pthread_mutex_lock(&j.mu);
+    j.may_exit = 1;
+    pthread_cond_broadcast(&j.cv);
+    pthread_mutex_unlock(&j.mu);
+    pthread_join(tid, NULL);
+    return PyLong_FromLong(j.rc);
 }
 
 /* A registered thread blocked in native work (a pipe read) that only its
@@ -1291,6 +1382,9 @@ static PyMethodDef methods[] = {
     {"cq_counts", t_cq_counts, METH_NOARGS, NULL},
     {"churned", t_churned, METH_NOARGS, NULL},
     {"stash_get", t_stash_get, METH_NOARGS, NULL},
+    {"report_at_exit", t_report_at_exit, METH_NOARGS, NULL},
+    {"attach_then_join_holding_gil", t_attach_then_join_holding_gil,
+     METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,88 @@
+/*
+ * door.h -- a door that threads pass through: the "count in, then check
+ * closed" protocol, written once.
+ *
+ * Private to exitguard.  CAUTION: everything here runs on any thread with
+ * or without a thread state; it uses atomics and pthreads only and never
+ * touches CPython.  A caller that waits (close, pause) while attached must
+ * release the GIL around the wait itself: a thread inside may need it to
+ * come out.
+ *
+ * A door is one 64-bit word -- a state, a pause bit and the number of
+ * threads inside -- plus a mutex and a condition variable for the rare
+ * waits.  Threads enter (counted in) while it is OPEN and not paused, and
+ * leave.  Whoever owns the door can
+ *   - close it for good: OPEN -> CLOSING, wait (bounded) until nobody is
+ *     inside, then CLOSING -> CLOSED;
+ *   - pause it around an event that no thread may be inside for (fork):
+ *     entering waits while paused, the pauser waits (bounded) until nobody
+ *     is inside, then resumes it.
+ * Every transition is one atomic read-modify-write of the word, so the
+ * door never reads OPEN once closing began (issue 11: a clear-then-set pair
+ * used to open the gate for an instant).
+ */
+#ifndef EG_DOOR_H
+#define EG_DOOR_H
+
+#ifndef EG_BUILDING
+#  error "door.h is private to exitguard"
+#endif
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+/* The word: bits 62-63 the state, bit 61 paused, bits 0-60 the count. */
+#define EG__DOOR_OPEN     0ull
+#define EG__DOOR_CLOSING  1ull
+#define EG__DOOR_CLOSED   2ull
+#define EG__DOOR_SHIFT    62
+#define EG__DOOR_PAUSED   (1ull << 61)
+#define EG__DOOR_COUNT    (EG__DOOR_PAUSED - 1)
+
+typedef struct {
+    _Atomic uint64_t word;
+    pthread_mutex_t lock;          /* with `changed`; protects pause_depth */
+    pthread_cond_t changed;        /* emptied while closing/paused; resumed */
+    int pause_depth;               /* nested pauses (concurrent forks) */
+} eg__door;
+
+/* Make an OPEN, empty door.  Also in a forked child (pthread_atfork child
+ * handler) with `inside` = the forking thread's own entries: the others
+ * vanished with their threads, and a pause in progress is over. */
+void eg__door_init(eg__door *d, uint64_t inside);
+
+/* Any thread: count the caller in.  Returns 0, or -ESHUTDOWN once the door
+ * is closing or closed.  While the door is paused it waits, without any
+ * GIL (the caller must not be attached), until it is resumed. */
+int eg__door_enter_mp(eg__door *d);
+
+/* Any thread that entered: count it out; wakes a closer or pauser waiting
+ * for the door to empty. */
+void eg__door_leave_mp(eg__door *d);
+
+/* The owner: OPEN -> CLOSING (idempotent).  From here every enter fails.
+ * Returns the number of threads inside at that instant. */
+uint64_t eg__door_begin_close(eg__door *d);
+
+/* The owner, after begin_close or pause: wait until nobody is inside or
+ * `deadline` (CLOCK_MONOTONIC) passes.  Blocks: release the GIL around it.
+ * Returns the number still inside (0 unless the deadline passed). */
+uint64_t eg__door_wait_empty(eg__door *d, const struct timespec *deadline);
+
+/* The owner, after begin_close: CLOSING -> CLOSED.  Threads still inside
+ * (past a deadline) stay counted; the door never reads OPEN again. */
+void eg__door_finish_close(eg__door *d);
+
+/* Any thread: pause (nests).  New enters wait; threads inside go on.
+ * Pair: eg__door_resume(). */
+void eg__door_pause(eg__door *d);
+void eg__door_resume(eg__door *d);
+
+/* Any thread: the state (EG__DOOR_OPEN, _CLOSING, _CLOSED) and the count;
+ * racy snapshots, for decisions the owner makes and for statistics. */
+uint64_t eg__door_state(const eg__door *d);
+uint64_t eg__door_inside(const eg__door *d);
+
+#endif /* EG_DOOR_H */
