@@ -196,8 +196,9 @@ EG_FUNC void eg_ref_release(eg_ref *ref);
  * Attached, it is Py_DECREF(obj) now (obj must belong to that interpreter).
  *   Otherwise it is queued to the main interpreter without taking a lock,
  *   and applied there by a thread attached to it: at the next exitguard entry
- *   point, by a pending call requested when the queue becomes non-empty, by
- *   eg_flush(), or at phase 2.  A decref queued after phase 2 is never
+ *   point, by exitguard's kicker thread (woken when the queue becomes
+ *   non-empty; it attaches within about 10 ms, whatever the main thread is
+ *   doing), by eg_flush(), or at phase 2.  A decref queued after phase 2 is never
  *   applied: it is counted (stats()["decref_dropped"]) and the object
  *   leaks.  NULL is a no-op. */
 EG_FUNC void eg_decref(PyObject *obj);

@@ -5,8 +5,8 @@
  * CAUTION: the producer side of this file (eg__decref_push_mp and what it
  * calls) runs on threads with no thread state, possibly after the
  * interpreter is gone.  It uses only libc and raw memory: no PyObject_*
- * call, no Py_DECREF, no PyMem_Malloc.  Only eg__decref_drain_sc and the
- * pending-call callback touch objects, and they run attached.
+ * call, no Py_DECREF, no PyMem_Malloc.  Only the drains touch objects, and
+ * they run attached.
  *
  * DESIGN
  *
@@ -26,13 +26,12 @@
  * (counted, and the object leaks).
  *
  * Wake-ups coalesce through `requested`: the push that finds it 0 sets it
- * to 1 and, for the main interpreter, asks CPython for one pending call
- * (Py_AddPendingCall) that drains the queue on the main thread.  Every
- * later push sees 1 and does nothing more, until the drainer clears it.  So
- * a burst of a million decrefs costs one pending call.  A subinterpreter's
- * queue is not kicked that way -- pending calls only run reliably in the
- * main interpreter (see eg_compat.h) -- it is applied at the next exitguard
- * entry point in that interpreter, by eg_flush(), or in phase 2.
+ * to 1 and puts the interpreter on the kicker's list (kicker.c: a helper
+ * thread that attaches and so applies the queue; Py_AddPendingCall is
+ * unreliable for this on every supported version, see there).  Every later
+ * push sees 1 and does nothing more, until the drainer clears it.  So a
+ * burst of a million decrefs costs one eventfd write.  Any exitguard entry
+ * point of the interpreter, eg_flush() and phase 2 apply the queue too.
  *
  * The protocol between a pusher P and the drainer D is a Dekker pair:
  *
@@ -84,6 +83,13 @@
 #  include <sys/syscall.h>
 #endif
 
+/* The kicker's eventfd and its list of interpreters whose queue waits for a
+ * drain (kicker.c takes them).  The list is a lock-free stack linked
+ * through queue.kick_next; queue.kick_listed keeps a record on it at most
+ * once.  Created once per process, reopened in a forked child. */
+static int eg__kick_efd = -1;
+static _Atomic(eg__interp *) eg__kicked;
+
 /* ---- Fences ---------------------------------------------------------------- */
 
 /* 1 when the drainer's membarrier makes the pusher's compiler barrier
@@ -116,6 +122,13 @@ eg__decref_process_init(void)
 {
     atomic_store_explicit(&eg__membarrier_ok, eg__membarrier_register(),
                           memory_order_relaxed);
+    atomic_store_explicit(&eg__kicked, NULL, memory_order_relaxed);
+    if (eg__kick_efd < 0) {
+        eg__kick_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    }
+    else {
+        eg__reopen_eventfd(eg__kick_efd);    /* a forked child's own */
+    }
 }
 
 /* F_P: orders the pusher's publication of `head` before its load of
@@ -324,122 +337,67 @@ eg__lane_grow(eg__lane *l)
 
 /* ---- Requesting a drain ------------------------------------------------- */
 
-#if EG_PENDING_CALL_NEEDS_KICK
-/* The kicker (see eg_compat.h): one thread per process, for the main
- * interpreter, started by the first request and woken through an eventfd;
- * each wake-up attaches through the gate -- an exitguard entry point, so
- * the queue is applied -- and detaches.  It exits when the gate refuses it
- * or when phase 2 stops it.  No thread state, no GIL, outside the gate. */
-static struct {
-    pthread_mutex_t lock;
-    int efd;
-    int started;                   /* under lock */
-    _Atomic int stop;
-    pthread_t tid;
-} eg__kick = {.lock = PTHREAD_MUTEX_INITIALIZER, .efd = -1};
-
-static void *
-eg__kicker_main(void *unused)
+int
+eg__decref_kick_fd(void)
 {
-    (void)unused;
-    while (!atomic_load(&eg__kick.stop)) {
-        struct pollfd p = {.fd = eg__kick.efd, .events = POLLIN};
-        (void)poll(&p, 1, -1);
-        uint64_t v;
-        ssize_t r = read(eg__kick.efd, &v, sizeof(v));
-        (void)r;
-        if (atomic_load(&eg__kick.stop)) {
-            break;
-        }
-        /* Let a burst accumulate: one drain per 10 ms at most, so a busy
-         * producer is not interrupted by a drain (and its membarrier) per
-         * push.  The latency bound (<= 100 ms) leaves room for it. */
-        struct timespec pause = {0, 10 * 1000 * 1000};
-        nanosleep(&pause, NULL);
-        eg_gil st;
-        if (eg_gil_ensure(NULL, &st) != 0) {
-            break;                 /* shutting down: phase 2 drains */
-        }
-        eg_gil_release(&st);
-    }
-    eg__tstates_release_self();
-    return NULL;
+    return eg__kick_efd;
 }
 
+/* Put `in` on the kicker's list, and wake the kicker when the list was
+ * empty (one eventfd write per burst, whatever the number of queues). */
 static void
-eg__kick_main_thread(void)
+eg__kick(eg__interp *in)
 {
-    eg__mutex_lock(&eg__kick.lock);
-    if (!eg__kick.started && !atomic_load(&eg__kick.stop)) {
-        if (eg__kick.efd < 0) {
-            eg__kick.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        }
-        if (eg__kick.efd >= 0
-                && pthread_create(&eg__kick.tid, NULL, eg__kicker_main,
-                                  NULL) == 0) {
-#if defined(__linux__)
-            (void)pthread_setname_np(eg__kick.tid, "eg-kick");
-#endif
-            eg__kick.started = 1;
-        }
+    eg__decref_queue *q = &in->queue;
+    int expected = 0;
+    /* Relaxed: kick_listed only says "on the list"; the list itself is
+     * published by the release CAS below. */
+    if (!atomic_compare_exchange_strong_explicit(
+            &q->kick_listed, &expected, 1,
+            memory_order_relaxed, memory_order_relaxed)) {
+        return;
     }
-    int efd = eg__kick.started ? eg__kick.efd : -1;
-    eg__mutex_unlock(&eg__kick.lock);
-    if (efd >= 0) {
+    eg__interp *head = atomic_load_explicit(&eg__kicked, memory_order_relaxed);
+    do {
+        q->kick_next = head;
+        /* Release: the kicker that takes the list (acquire) sees kick_next. */
+    } while (!atomic_compare_exchange_weak_explicit(
+                 &eg__kicked, &head, in,
+                 memory_order_release, memory_order_relaxed));
+    if (head == NULL && eg__kick_efd >= 0) {
         uint64_t one = 1;
-        ssize_t w = write(efd, &one, sizeof(one));
-        (void)w;
+        ssize_t w = write(eg__kick_efd, &one, sizeof(one));
+        (void)w;        /* EAGAIN: the counter is saturated, a wake is due */
     }
 }
-#endif
 
-/* Main interpreter, phase 2, attached, before the gate closes: stop the
- * kicker and join it with the GIL released (it may be waiting for it). */
-void
-eg__decref_stop_kicker(void)
+eg__interp *
+eg__decref_take_kicked(void)
 {
-#if EG_PENDING_CALL_NEEDS_KICK
-    eg__mutex_lock(&eg__kick.lock);
-    atomic_store(&eg__kick.stop, 1);
-    int started = eg__kick.started;
-    eg__kick.started = 0;
-    eg__mutex_unlock(&eg__kick.lock);
-    if (started) {
-        uint64_t one = 1;
-        ssize_t w = write(eg__kick.efd, &one, sizeof(one));
-        (void)w;
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(eg__kick.tid, NULL);
-        Py_END_ALLOW_THREADS
-    }
-#endif
+    /* Acquire: pairs with the release CAS of every push onto the list. */
+    return atomic_exchange_explicit(&eg__kicked, NULL, memory_order_acquire);
 }
 
-/* pthread_atfork child: the kicker is gone with the parent's threads. */
-void
-eg__decref_kicker_after_fork_child(void)
+eg__interp *
+eg__decref_kicked_pop(eg__interp **list)
 {
-#if EG_PENDING_CALL_NEEDS_KICK
-    if (pthread_mutex_init(&eg__kick.lock, NULL) != 0) {
-        abort();
+    eg__interp *in = *list;
+    if (in != NULL) {
+        *list = in->queue.kick_next;
+        /* After reading the link and before the drain: a request that
+         * arrives while the kicker drains lists the record again (and
+         * wakes the kicker), so nothing it queued waits for a kick that
+         * was already used up.  seq_cst: orders this store before the
+         * drain's "requested = 0". */
+        atomic_store_explicit(&in->queue.kick_listed, 0, memory_order_seq_cst);
     }
-    eg__kick.started = 0;
-    eg__reopen_eventfd(eg__kick.efd);
-#endif
+    return in;
 }
 
-static int eg__pending_drain(void *arg);
-
-/* A push found `requested` == 0: claim the request and, for the main
- * interpreter, ask for a pending call.  No GIL.
- *
- * Py_AddPendingCall() must not be called once finalization has gone past
- * the point where CPython frees the interpreter (a crash on 3.9-3.12, an
- * orphaned call on 3.13+; cpython.md section 6).  Phase 2 therefore sets
- * RELEASING and then waits for `pc_inflight` to fall to 0: a pusher counts
- * itself in before it reads the state (seq_cst on both sides, a Dekker pair
- * again), so either it sees RELEASING and does not call, or phase 2 waits
- * for its call to return. */
+/* A push found `requested` == 0: claim the request and hand the queue to
+ * the kicker (kicker.c says why not a pending call).  No GIL; only an
+ * atomic, a CAS and at most one write(2).  After phase 2 began nobody is
+ * asked: phase 2 applies what is there, and what comes later is dropped. */
 static EG_NOINLINE void
 eg__request_drain(eg__interp *in)
 {
@@ -450,25 +408,10 @@ eg__request_drain(eg__interp *in)
             memory_order_relaxed, memory_order_relaxed)) {
         return;    /* another pusher requested it first */
     }
-    if (!in->is_main) {
-        return;    /* entry points, eg_flush and phase 2 apply it */
-    }
-    atomic_fetch_add_explicit(&q->pc_inflight, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&in->state, memory_order_seq_cst)
+    if (atomic_load_explicit(&in->state, memory_order_relaxed)
             <= EG_STOPPING) {
-        atomic_fetch_add_explicit(&q->pending_calls, 1, memory_order_relaxed);
-        if (Py_AddPendingCall(eg__pending_drain, in) != 0) {
-            /* All 32 slots are taken.  Let the next push try again rather
-             * than spin here; entry points drain meanwhile. */
-            atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
-        }
-#if EG_PENDING_CALL_NEEDS_KICK
-        else if (eg__tstate_attached() == NULL) {
-            eg__kick_main_thread();
-        }
-#endif
+        eg__kick(in);
     }
-    atomic_fetch_sub_explicit(&q->pc_inflight, 1, memory_order_release);
 }
 
 /* ---- Push ------------------------------------------------------------------ */
@@ -698,23 +641,6 @@ eg__decref_drain_all(eg__interp *in)
     return n;
 }
 
-/* The pending call.  CPython runs it on the main thread, attached -- and
- * also while the runtime is finalizing (cpython.md section 6), so it checks
- * exitguard's own state and where it runs before touching anything. */
-static int
-eg__pending_drain(void *arg)
-{
-    eg__interp *in = (eg__interp *)arg;
-    if (!eg__attached_to(in)) {
-        /* 3.9-3.11 may deliver it to the interpreter of the pushing
-         * thread's gilstate state.  Let the next push ask again. */
-        atomic_store_explicit(&in->queue.requested, 0, memory_order_relaxed);
-        return 0;
-    }
-    (void)eg__decref_drain_sc(in);
-    return 0;
-}
-
 /* ---- Accounting ---------------------------------------------------------- */
 
 uint64_t
@@ -758,7 +684,7 @@ eg__decref_after_fork_child(eg__interp *in)
         abort();
     }
     atomic_store_explicit(&q->draining, 0, memory_order_relaxed);
-    atomic_store_explicit(&q->pc_inflight, 0, memory_order_relaxed);
+    atomic_store_explicit(&q->kick_listed, 0, memory_order_relaxed);
     for (eg__lane *l = atomic_load_explicit(&q->lanes, memory_order_relaxed);
          l != NULL; l = l->next) {
         int mine = 0;
@@ -769,9 +695,8 @@ eg__decref_after_fork_child(eg__interp *in)
             atomic_store_explicit(&l->orphaned, 1, memory_order_relaxed);
         }
     }
-    /* Pending calls requested in the parent may not survive into the
-     * child; make the next push or entry point ask again. */
-    atomic_store_explicit(&q->requested,
-                          eg__decref_pending_count(in) > 0,
-                          memory_order_relaxed);
+    /* The kicker's list is forgotten (eg__decref_process_init); make the
+     * next push ask again.  The child's after-fork hook drains the main
+     * interpreter's queue itself. */
+    atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
 }

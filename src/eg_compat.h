@@ -108,23 +108,6 @@ eg__PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #  define EG_SLOT_GIL
 #endif
 
-/* ---- Pending calls from non-main threads do not wake the main thread --
- * Before 3.12, Py_AddPendingCall() computes the interpreter's eval breaker
- * with _Py_ThreadCanHandlePendingCalls() evaluated on the *calling* thread:
- * called from a native thread it records the call but leaves the breaker
- * unset, so the main thread runs it only at its next GIL hand-off -- never,
- * if no other thread wants the GIL (measured: a queued decref stayed
- * unapplied for seconds on 3.11 while the main thread ran bytecode).  3.12
- * reworked pending calls (gh-104341 era; per-thread eval breakers in 3.13)
- * and signals the main thread.  On the older versions exitguard adds a
- * "kicker" thread that, woken with the pending call, attaches through the
- * gate and so applies the queue (decref_queue.c). */
-#if PY_VERSION_HEX < 0x030C0000
-#  define EG_PENDING_CALL_NEEDS_KICK 1
-#else
-#  define EG_PENDING_CALL_NEEDS_KICK 0
-#endif
-
 /* ---- PEP 788: interpreter guards and views (3.15) ------------------------
  *
  * CPython 3.15 implements PEP 788 (gh-149101): a PyInterpreterGuard, while

@@ -148,7 +148,8 @@ typedef struct {
      * requested; see the protocol in decref_queue.c. */
     alignas(EG_CACHELINE) _Atomic int requested;
     _Atomic int draining;           /* single-consumer claim */
-    _Atomic int pc_inflight;        /* Py_AddPendingCall() calls under way */
+    _Atomic int kick_listed;        /* on the kicker's list (kick_next) */
+    struct eg__interp *kick_next;
 
     /* Out-of-memory fallback when a lane or segment cannot be allocated. */
     pthread_mutex_t spill_lock;     /* protects spill, spill_len, spill_cap */
@@ -158,7 +159,7 @@ typedef struct {
     _Atomic uint64_t applied;       /* queued decrefs applied */
     _Atomic uint64_t dropped;       /* decrefs counted as leaked */
     _Atomic uint64_t spilled;       /* pushes that took the spill path */
-    _Atomic uint64_t pending_calls; /* Py_AddPendingCall() requests made */
+    _Atomic uint64_t kicks;         /* the kicker's attaches to apply it */
 } eg__decref_queue;
 
 /* Any thread, no GIL: queue one decref of obj to `in`.  Never blocks on the
@@ -184,8 +185,18 @@ uint64_t eg__decref_pending_count(eg__interp *in);
 void eg__decref_queue_init(eg__decref_queue *q);
 void eg__decref_after_fork_child(eg__interp *in);
 void eg__decref_process_init(void);   /* once per process; see fences */
-void eg__decref_stop_kicker(void);    /* main interpreter, phase 2 */
-void eg__decref_kicker_after_fork_child(void);
+/* The kicker's side (kicker.c): its eventfd, written when a queue needs a
+ * drain; taking the list of those queues, and popping one (any thread; the
+ * kicker). */
+int eg__decref_kick_fd(void);
+eg__interp *eg__decref_take_kicked(void);
+eg__interp *eg__decref_kicked_pop(eg__interp **list);
+
+/* ---- The drain kicker (kicker.c) ----------------------------------------- */
+
+void eg__kicker_start(void);             /* attached, module exec; idempotent */
+void eg__kicker_stop(void);              /* main interpreter, phase 2 */
+void eg__kicker_after_fork_child(void);  /* pthread_atfork child */
 
 /* ---- Reference registry (registry.c) ------------------------------------- */
 
@@ -285,6 +296,9 @@ uint64_t eg__gate_close(eg__interp *in, double timeout_s);
  * starts, called before they return; other threads get it from a pthread
  * key destructor. */
 void eg__tstates_release_self(void);
+/* eg_gil_ensure for a record and a view of its interpreter (the kicker's
+ * way in: it has no handle). */
+int eg__gil_ensure_record(eg__interp *in, eg__pyview *view, eg_gil *st);
 /* Attached to `in`: delete the thread states of threads that have exited
  * (one relaxed load when there are none). */
 void eg__tstates_reap(eg__interp *in);

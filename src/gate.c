@@ -367,11 +367,21 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
         return -EINVAL;
     }
     memset(st, 0, sizeof(*st));
-    eg__interp *in = h ? h->rec
-        : atomic_load_explicit(&eg__main_record, memory_order_acquire);
+    if (h != NULL) {
+        return eg__gil_ensure_record(h->rec, h->view, st);
+    }
+    eg__interp *in = atomic_load_explicit(&eg__main_record,
+                                          memory_order_acquire);
     if (in == NULL) {
         return -ESHUTDOWN;
     }
+    return eg__gil_ensure_record(in, in->view, st);
+}
+
+int
+eg__gil_ensure_record(eg__interp *in, eg__pyview *view, eg_gil *st)
+{
+    memset(st, 0, sizeof(*st));
     eg__gate *g = &in->gate;
 
     PyThreadState *cur = eg__tstate_attached();
@@ -402,7 +412,7 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
         /* The PEP 788 guard (3.15; the old finalizing check before): held
          * until the matching release, so CPython cannot begin finalizing
          * under this thread even if our phase 2 never runs. */
-        eg__pyguard *guard = eg__guard_from_view(h ? h->view : in->view);
+        eg__pyguard *guard = eg__guard_from_view(view);
         if (guard == NULL) {
             eg__gate_leave(g);
             goto refused_restore;

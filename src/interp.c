@@ -244,7 +244,7 @@ eg__atfork_child(void)
     }
     eg__decref_process_init();    /* membarrier registration is per mm */
     eg__log_after_fork_child();
-    eg__decref_kicker_after_fork_child();
+    eg__kicker_after_fork_child();
     /* The forking thread is the child's main thread now (CPython makes it
      * so in PyOS_AfterFork_Child). */
     atomic_store(&eg__main_ident, (unsigned long)pthread_self());

@@ -826,7 +826,7 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "decref_applied", atomic_load(&q->applied)) < 0
         || eg__set_u64(d, "decref_dropped", dropped) < 0
         || eg__set_u64(d, "decref_spilled", atomic_load(&q->spilled)) < 0
-        || eg__set_u64(d, "pending_calls", atomic_load(&q->pending_calls)) < 0
+        || eg__set_u64(d, "kicks", atomic_load(&q->kicks)) < 0
         || eg__set_u64(d, "stoppers", eg__stoppers_count(in)) < 0
         || eg__set_u64(d, "threads_live", eg__threads_live(in)) < 0
         || eg__set_u64(d, "attach_ok", atomic_load(&in->gate.attach_ok)) < 0
@@ -878,6 +878,7 @@ eg_py_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (in->is_main) {
         eg__gate_close_fork_orphans(in);
         (void)eg__decref_drain_sc(in);
+        eg__kicker_start();          /* the parent's is gone */
     }
     Py_RETURN_NONE;
 }
@@ -1049,6 +1050,7 @@ eg_exec(PyObject *module)
     if (st->rec == NULL) {
         return -1;
     }
+    eg__kicker_start();
     if (eg__register_atexit_ll() < 0) {
         /* Py_AtExit's 32 slots are full: only the late-drop line and the
          * abort exit status are lost; everything else still works. */

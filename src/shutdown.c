@@ -29,7 +29,7 @@
  *              stoppers still run.
  *   RELEASING  the attach gate closes (gate.c): new attaches fail, and the
  *              threads inside are waited for; new references are refused
- *              (RuntimeError); Py_AddPendingCall is no longer requested;
+ *              (RuntimeError); the kicker is no longer asked to drain;
  *              the queue is applied and every registered object released.
  *   STOPPED    exitguard never touches this interpreter's objects again: a
  *              decref queued now is counted as dropped and leaked, exactly
@@ -43,7 +43,6 @@
  */
 #include "eg_internal.h"
 
-#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -125,24 +124,11 @@ eg__phase2(eg__interp *in)
         eg__phase1(in);
     }
     int expected = EG_STOPPING;
-    /* seq_cst: pairs with eg_ref_new's store-then-check and with the
-     * pending-call requester's count-then-check (decref_queue.c). */
+    /* seq_cst: pairs with eg_ref_new's store-then-check (registry.c). */
     if (!atomic_compare_exchange_strong_explicit(
             &in->state, &expected, EG_RELEASING,
             memory_order_seq_cst, memory_order_relaxed)) {
         return;
-    }
-
-    /* No Py_AddPendingCall may still be under way when we return: after
-     * phase 2 CPython may free the interpreter.  The window is a few
-     * instructions; wait for it without holding the GIL. */
-    if (atomic_load_explicit(&in->queue.pc_inflight, memory_order_seq_cst)) {
-        Py_BEGIN_ALLOW_THREADS
-        while (atomic_load_explicit(&in->queue.pc_inflight,
-                                    memory_order_seq_cst)) {
-            sched_yield();
-        }
-        Py_END_ALLOW_THREADS
     }
 
     atomic_store(&in->phase_thread, (unsigned long)pthread_self());
@@ -150,7 +136,7 @@ eg__phase2(eg__interp *in)
      * open (the main interpreter owns the process's log system). */
     if (in->is_main) {
         eg__log_stop_and_drain();
-        eg__decref_stop_kicker();
+        eg__kicker_stop();
     }
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */

@@ -113,3 +113,68 @@ def test_many_threads_come_and_go(run_py):
     )
     assert_clean(res)
     assert res.data["freed_before_exit"] == res.data["total"] == 10000
+
+
+def test_decref_is_applied_while_the_main_thread_blocks(run_py):
+    """The main thread waits in C (GIL released) and never calls into exitguard: the
+    kicker thread attaches and applies what a native thread queued.  (With pending
+    calls alone, 3.12 and 3.13 left it queued until the main thread woke up.)"""
+    res = run_py(
+        """
+        import scenario, egtest, exitguard, json, threading, weakref
+        obj = scenario.Tracked()
+        gone = threading.Event()
+        weakref.finalize(obj, gone.set)
+        egtest.decref_then_idle(obj)     # the thread drops its reference, then blocks
+        del obj
+        applied = gone.wait(5)           # blocked in C: no bytecode runs here meanwhile
+        egtest.release_idle()
+        print(json.dumps({"applied": applied, "kicks": exitguard.stats()["kicks"]}))
+        """
+    )
+    assert_clean(res)
+    assert res.data["applied"], res.describe()
+    assert res.data["kicks"] >= 1
+
+
+SUB_QUEUE = """
+try:
+    import _interpreters as interps
+except ImportError:
+    import _xxsubinterpreters as interps
+import json, exitguard, egtest
+iid = interps.create()
+interps.run_string(iid, '''
+import threading, exitguard, egtest
+done = threading.Event()
+freed = []
+class T:
+    def __del__(self):
+        freed.append(1)
+        if len(freed) == 500:
+            done.set()
+hs = [egtest.ref_new(T()) for _ in range(500)]
+egtest.release_in_threads(hs, 2)        # joined with the GIL released; nothing applied yet
+ok = done.wait(5)
+egtest.stash_set(int(ok) * 1000 + exitguard.stats()["kicks"])
+''')
+v = egtest.stash_get()
+interps.destroy(iid)
+print(json.dumps({"applied": v >= 1000, "kicks": v % 1000}))
+"""
+
+
+def test_subinterpreter_queue_is_applied_without_a_flush(run_py):
+    """A subinterpreter's queue (its objects released by native threads) is applied by
+    the kicker attaching to that subinterpreter, with no exitguard call there."""
+    try:
+        import _interpreters  # noqa: F401
+    except ImportError:
+        try:
+            import _xxsubinterpreters  # noqa: F401
+        except ImportError:
+            pytest.skip("no subinterpreter module")
+    res = run_py(SUB_QUEUE, timeout=60)
+    assert_clean(res)
+    assert res.data["applied"], res.describe()
+    assert res.data["kicks"] >= 1
