@@ -317,11 +317,11 @@ eg__cq_close(eg_cq *q)
         return;
     }
     if (atomic_load_explicit(&q->inflight, memory_order_seq_cst)) {
-        Py_BEGIN_ALLOW_THREADS
+        EG__BEGIN_WAIT
         while (atomic_load_explicit(&q->inflight, memory_order_seq_cst)) {
             sched_yield();
         }
-        Py_END_ALLOW_THREADS
+        EG__END_WAIT
     }
     eg__cqnode *list = eg__cq_take(q);
     while (list != NULL) {

@@ -630,11 +630,11 @@ eg__decref_drain_all(eg__interp *in)
         /* Another thread is draining (free-threaded builds, or a thread
          * whose finalizer runs long).  Wait for it without the GIL: it may
          * need the GIL to finish. */
-        Py_BEGIN_ALLOW_THREADS
+        EG__BEGIN_WAIT
         while (!eg__drain_claim(q)) {
             sched_yield();
         }
-        Py_END_ALLOW_THREADS
+        EG__END_WAIT
     }
     Py_ssize_t n = eg__drain_claimed(in);
     eg__drain_unclaim(q);

@@ -229,6 +229,75 @@ eg__tstate_forget_gilstate(PyThreadState *ts)
 #endif
 }
 
+/* ---- 3.13.0: a subinterpreter's thread list must not run empty -----------
+ *
+ * CPython 3.13.0 (gh-126914, fixed in 3.13.1 by gh-127114): when an
+ * interpreter's last thread state is deleted, its thread list reads empty
+ * while the interpreter's embedded initial thread state is still being torn
+ * down, and a thread state created at that moment reuses the embedded one:
+ * "Fatal Python error: init_threadstate: thread state already initialized".
+ * A subinterpreter that native threads attach to in a loop (each attach
+ * makes a state, each release deletes one) met it in 2 of 3 runs.  There,
+ * each subinterpreter keeps one thread state of exitguard's own, never
+ * attached, from its module exec to its phase 2 (eg__interp.anchor), so the
+ * list never empties while threads come and go. */
+#if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030D01F0
+#  define EG_SUBINTERP_ANCHOR 1
+#else
+#  define EG_SUBINTERP_ANCHOR 0
+#endif
+
+/* Is `ts` still one of `interp`'s thread states?  (CPython's own ending of
+ * a subinterpreter may have deleted it.)  Attached to `interp`. */
+static inline int
+eg__tstate_listed(PyInterpreterState *interp, PyThreadState *ts)
+{
+    for (PyThreadState *p = PyInterpreterState_ThreadHead(interp); p != NULL;
+         p = PyThreadState_Next(p)) {
+        if (p == ts) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- Waiting without the GIL while the runtime finalizes ------------------
+ *
+ * EG__BEGIN_WAIT / EG__END_WAIT bracket a wait the way Py_BEGIN_ALLOW_THREADS /
+ * Py_END_ALLOW_THREADS do -- the GIL is released around it -- except where
+ * taking the GIL back would end the calling thread.  Before 3.12.1, once the
+ * runtime is finalizing, take_gil() exits every thread whose state is not the
+ * one that began finalization, and that includes the main OS thread itself
+ * while it ends a subinterpreter (gh-109793, fixed by checking the thread id
+ * in 3.12.1): a subinterpreter ended during the main interpreter's
+ * finalization runs exitguard's phases there, and a released GIL in them
+ * killed the main thread (the process then hung on its native threads, or
+ * lost its exit status).  In that one case the wait keeps the GIL: the main
+ * interpreter's phase 2 has shut that interpreter's gate already, so no
+ * thread being waited for needs it. */
+static inline PyThreadState *
+eg__wait_begin(void)
+{
+#if PY_VERSION_HEX < 0x030C0100
+    if (Py_IsFinalizing()
+            && PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return NULL;
+    }
+#endif
+    return PyEval_SaveThread();
+}
+
+static inline void
+eg__wait_end(PyThreadState *ts)
+{
+    if (ts != NULL) {
+        PyEval_RestoreThread(ts);
+    }
+}
+
+#define EG__BEGIN_WAIT { PyThreadState *eg__wait_ts = eg__wait_begin();
+#define EG__END_WAIT eg__wait_end(eg__wait_ts); }
+
 /* ---- Free-threaded builds: biased reference counting ---------------------
  * On free-threaded builds an object's reference count is split between its
  * owning thread (the one that allocated it) and everybody else.  A decref

@@ -290,6 +290,11 @@ void eg__gate_resume(eg__gate *g);
  * for a subinterpreter, every cached one no thread is using).  Returns how
  * many threads were still inside at the deadline. */
 uint64_t eg__gate_close(eg__interp *in, double timeout_s);
+/* Any thread, no thread state needed (release the GIL around it): close
+ * the gate and wait for the threads inside until `deadline`, without the
+ * clean-up that needs the interpreter.  Idempotent.  Returns how many were
+ * still inside.  eg__gate_close is this plus the clean-up. */
+uint64_t eg__gate_shut(eg__interp *in, const struct timespec *deadline);
 /* The calling thread, not attached, is about to exit: hand its cached
  * thread states to their interpreters, whose next attached thread deletes
  * them.  Never attaches, never blocks on the GIL.  For threads exitguard
@@ -376,6 +381,7 @@ struct eg__interp {
     _Atomic(unsigned long) phase_thread;  /* running the phases (or 0) */
     PyObject *noop;                 /* free-threaded: see eg_compat.h */
     eg__pyview *view;               /* PEP 788 view (3.15); never closed */
+    PyThreadState *anchor;          /* 3.13.0 subinterpreters: eg_compat.h */
     pthread_mutex_t cq_lock;        /* protects cqs */
     struct eg_cq *cqs;
     eg__registry refs;              /* large: keep last */
@@ -408,6 +414,13 @@ void eg__interps_process_init(void);
  * gates in the pthread_atfork child handler. */
 void eg__fork_prepare(void);
 void eg__fork_parent(void);
+/* The main interpreter's phase 2, attached, before its own: shut the gate of
+ * every other interpreter that is still alive (GIL released, bounded).  Once
+ * the runtime is finalizing, CPython kills (3.9-3.13.7) or parks (3.13.8+)
+ * any thread attaching to any interpreter, and subinterpreters are ended
+ * only later (3.12+) or never (3.9-3.11, where an ending takes whatever
+ * thread state heads the list). */
+void eg__shut_other_gates(eg__interp *main_rec, double timeout_s);
 /* Is the caller the main thread (where CPython runs signal handlers)? */
 int eg__on_main_thread(void);
 /* Is the caller the thread running `in`'s stop phases? */

@@ -339,11 +339,11 @@ eg__entry_new_tstate(eg__interp *in, eg__tsentry *e)
      * gate and the guard keep the interpreter alive. */
     PyInterpreterState *pyinterp =
         atomic_load_explicit(&in->pyinterp, memory_order_acquire);
+    eg__gate *g = &in->gate;
     PyThreadState *ts = pyinterp ? PyThreadState_New(pyinterp) : NULL;
     if (ts == NULL) {
         return -ENOMEM;
     }
-    eg__gate *g = &in->gate;
     eg__mutex_lock(&g->ts_lock);
     e->ts = ts;
     eg__link_entry(g, e);
@@ -520,30 +520,16 @@ eg_gil_release(eg_gil *st)
 /* ---- Phase 2 ------------------------------------------------------------------ */
 
 uint64_t
-eg__gate_close(eg__interp *in, double timeout_s)
+eg__gate_shut(eg__interp *in, const struct timespec *deadline)
 {
     eg__gate *g = &in->gate;
-    /* From here every enter fails; then wait, GIL released (the threads
-     * inside may need it to come out), for the ones inside to leave, and
-     * close for good -- each step one atomic transition (door.c). */
+    /* From here every enter fails; then wait for the ones inside to leave,
+     * and close for good -- each step one atomic transition (door.c). */
     uint64_t inside = eg__door_begin_close(&g->door);
     if (inside != 0) {
-        struct timespec deadline = eg__deadline(timeout_s);
-        Py_BEGIN_ALLOW_THREADS
-        inside = eg__door_wait_empty(&g->door, &deadline);
-        Py_END_ALLOW_THREADS
+        inside = eg__door_wait_empty(&g->door, deadline);
     }
     eg__door_finish_close(&g->door);
-
-    /* Threads that exited since the last attach: delete their states now,
-     * attached as we are, before CPython tears the interpreter down (a
-     * subinterpreter with a leftover state aborts Py_EndInterpreter with
-     * "not the last thread", cpython.md section 2).  A live thread's state
-     * of the main interpreter is left to CPython, which deletes every other
-     * thread state right after it sets the finalizing flag; a
-     * subinterpreter keeps none (eg_gil_release). */
-    eg__tstates_reap(in);
-
     if (inside != 0) {
         /* Threads stuck inside past the deadline keep their states.  On
          * 3.15 they also hold PEP 788 guards, for which CPython's
@@ -559,10 +545,31 @@ eg__gate_close(eg__interp *in, double timeout_s)
         }
         eg__mutex_unlock(&g->ts_lock);
         fprintf(stderr, "exitguard: %llu thread(s) still inside the attach "
-                "gate of interpreter %lld after %.1f s; exit continues "
+                "gate of interpreter %lld at the deadline; exit continues "
                 "without waiting for them\n", (unsigned long long)inside,
-                (long long)in->id, timeout_s);
+                (long long)in->id);
     }
+    return inside;
+}
+
+uint64_t
+eg__gate_close(eg__interp *in, double timeout_s)
+{
+    struct timespec deadline = eg__deadline(timeout_s);
+    uint64_t inside;
+    /* GIL released: the threads inside may need it to come out. */
+    EG__BEGIN_WAIT
+    inside = eg__gate_shut(in, &deadline);
+    EG__END_WAIT
+
+    /* Threads that exited since the last attach: delete their states now,
+     * attached as we are, before CPython tears the interpreter down (a
+     * subinterpreter with a leftover state aborts Py_EndInterpreter with
+     * "not the last thread", cpython.md section 2).  A live thread's state
+     * of the main interpreter is left to CPython, which deletes every other
+     * thread state right after it sets the finalizing flag; a
+     * subinterpreter keeps none (eg_gil_release). */
+    eg__tstates_reap(in);
     return inside;
 }
 

@@ -95,6 +95,43 @@ eg__interp_current(void)
     return in;
 }
 
+#if EG_SUBINTERP_ANCHOR
+typedef struct {
+    PyInterpreterState *pyinterp;
+    PyThreadState *ts;
+} eg__anchor_job;
+
+static void *
+eg__anchor_main(void *arg)
+{
+    /* No GIL needed: PyThreadState_New takes the runtime's own lock. */
+    eg__anchor_job *job = arg;
+    job->ts = PyThreadState_New(job->pyinterp);
+    return NULL;
+}
+
+/* Attached, a subinterpreter's module exec: its anchor thread state (see
+ * eg_compat.h).  Made on a thread that ends at once, so that it is nobody's
+ * gilstate state: PyThreadState_New binds a new state to the gilstate slot
+ * of a creating thread that has none, and deleting a state bound to the
+ * deleting thread's own slot is fatal ("is still current").  NULL when it
+ * cannot be made (the interpreter then simply has no anchor). */
+static PyThreadState *
+eg__new_anchor(PyInterpreterState *pyinterp)
+{
+    eg__anchor_job job = {pyinterp, NULL};
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, eg__anchor_main, &job) != 0) {
+        return NULL;
+    }
+    pthread_join(tid, NULL);     /* it takes no lock we hold, nor the GIL */
+    if (job.ts != NULL) {
+        eg__tstate_forget_gilstate(job.ts);   /* its maker has ended */
+    }
+    return job.ts;
+}
+#endif
+
 eg__interp *
 eg__interp_acquire(void)
 {
@@ -142,6 +179,11 @@ eg__interp_acquire(void)
     atomic_init(&in->pyinterp, pyinterp);
     in->id = id;
     in->is_main = (pyinterp == PyInterpreterState_Main());
+#if EG_SUBINTERP_ANCHOR
+    if (!in->is_main) {
+        in->anchor = eg__new_anchor(pyinterp);
+    }
+#endif
     in->nmodules = 1;
     in->next_record = eg__records;
     eg__records = in;
@@ -233,6 +275,22 @@ eg__fork_parent(void)
          in = in->next_record) {
         eg__gate_resume(&in->gate);
     }
+}
+
+void
+eg__shut_other_gates(eg__interp *main_rec, double timeout_s)
+{
+    struct timespec deadline = eg__deadline(timeout_s);
+    eg__interp *head = eg__records_snapshot();
+    Py_BEGIN_ALLOW_THREADS
+    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+        if (in != main_rec
+                && atomic_load_explicit(&in->pyinterp,
+                                        memory_order_acquire) != NULL) {
+            (void)eg__gate_shut(in, &deadline);
+        }
+    }
+    Py_END_ALLOW_THREADS
 }
 
 static void

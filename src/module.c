@@ -864,7 +864,13 @@ eg_py_phase1(PyObject *module, PyObject *Py_UNUSED(ignored))
 static PyObject *
 eg_py_phase2(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    eg__phase2(eg__get_state(module)->rec);
+    eg__interp *in = eg__get_state(module)->rec;
+    if (in->is_main) {
+        /* The process is going: no native thread may attach to any
+         * interpreter from here (see eg__shut_other_gates). */
+        eg__shut_other_gates(in, eg__join_timeout);
+    }
+    eg__phase2(in);
     Py_RETURN_NONE;
 }
 

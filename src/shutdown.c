@@ -141,6 +141,19 @@ eg__phase2(eg__interp *in)
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */
     (void)eg__gate_close(in, eg__join_timeout);
+    /* 3.13.0's anchor (eg_compat.h) goes now: no native thread can make a
+     * state any more, and Py_EndInterpreter wants to be the last -- unless
+     * CPython's own ending already deleted it (finalize_subinterpreters
+     * deletes the state heading the list) or ends the interpreter on it. */
+    if (in->anchor != NULL) {
+        PyThreadState *anchor = in->anchor;
+        in->anchor = NULL;
+        if (anchor != PyThreadState_Get()
+                && eg__tstate_listed(PyInterpreterState_Get(), anchor)) {
+            PyThreadState_Clear(anchor);
+            PyThreadState_Delete(anchor);
+        }
+    }
     /* Completions nobody will run now: call them cancelled, cancel their
      * futures (unless the loop is closed), release what they held. */
     eg__cq_close_all(in);

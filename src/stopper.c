@@ -260,7 +260,7 @@ eg_stopper_remove(eg_stopper *s)
         PyThreadState *saved = NULL;
         if (ts != NULL) {
             eg__mutex_unlock(&st->lock);
-            saved = PyEval_SaveThread();
+            saved = eg__wait_begin();
             eg__mutex_lock(&st->lock);
         }
         s->waiters++;      /* the runner leaves the freeing to us */
@@ -269,7 +269,7 @@ eg_stopper_remove(eg_stopper *s)
         }
         if (saved != NULL) {
             eg__mutex_unlock(&st->lock);
-            PyEval_RestoreThread(saved);
+            eg__wait_end(saved);
             eg__mutex_lock(&st->lock);
         }
     }

@@ -296,7 +296,7 @@ eg_thread_join(eg_thread *t, double timeout_s)
         return -EINVAL;
     }
     eg__threads *th = &t->interp->threads;
-    PyThreadState *save = eg__tstate_attached() ? PyEval_SaveThread() : NULL;
+    PyThreadState *save = eg__tstate_attached() ? eg__wait_begin() : NULL;
     int rc;
     if (t->join_cb != NULL) {
         rc = t->join_cb(t->arg, timeout_s);
@@ -320,9 +320,7 @@ eg_thread_join(eg_thread *t, double timeout_s)
     if (free_it) {
         free(t);
     }
-    if (save != NULL) {
-        PyEval_RestoreThread(save);
-    }
+    eg__wait_end(save);
     return rc < 0 ? rc : 0;
 }
 
@@ -356,7 +354,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
 
     /* Everything below waits: never with the GIL (rule: a thread we join
      * may need it to finish). */
-    Py_BEGIN_ALLOW_THREADS
+    EG__BEGIN_WAIT
     for (i = 0; i < n; i++) {
         if (todo[i]->request_stop != NULL) {
             todo[i]->request_stop(todo[i]->arg);
@@ -398,7 +396,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
             free(t);
         }
     }
-    Py_END_ALLOW_THREADS
+    EG__END_WAIT
     free(todo);
 }
 

@@ -165,9 +165,9 @@ eg_event_wait(eg_event *ev, double timeout_s)
             {.fd = (in != NULL && !exempt) ? in->stop_efd : -1,
              .events = POLLIN},
         };
-        Py_BEGIN_ALLOW_THREADS
+        EG__BEGIN_WAIT
         (void)poll(fds, 2, ms);
-        Py_END_ALLOW_THREADS
+        EG__END_WAIT
         /* 3. Loop: re-check, run signal handlers, recompute the time left
          * from the deadline (EINTR, timeouts and wake-ups alike). */
     }
