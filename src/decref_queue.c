@@ -662,6 +662,27 @@ eg__decref_pending_count(eg__interp *in)
     return n;
 }
 
+int
+eg__decref_reusable(eg__interp *in)
+{
+    eg__decref_queue *q = &in->queue;
+    /* Still on the kicker's list is fine: the kicker then attaches to the
+     * new life, through its gate, and finds nothing or the new life's. */
+    return !atomic_load_explicit(&q->draining, memory_order_acquire)
+        && eg__decref_pending_count(in) == 0;
+}
+
+void
+eg__decref_reset(eg__interp *in)
+{
+    eg__decref_queue *q = &in->queue;
+    atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
+    atomic_store_explicit(&q->applied, 0, memory_order_relaxed);
+    atomic_store_explicit(&q->dropped, 0, memory_order_relaxed);
+    atomic_store_explicit(&q->spilled, 0, memory_order_relaxed);
+    atomic_store_explicit(&q->kicks, 0, memory_order_relaxed);
+}
+
 void
 eg__decref_queue_init(eg__decref_queue *q)
 {

@@ -261,6 +261,25 @@ eg__door_resume(eg__door *d)
     eg__door_unlock(d);
 }
 
+void
+eg__door_reopen(eg__door *d)
+{
+    /* Release: pairs with the acquire CAS of the first entrants of the new
+     * life, which so see everything the owner set up before reopening (the
+     * gate's generation among it). */
+    atomic_store_explicit(&d->word, EG__DOOR_OPEN << EG__DOOR_SHIFT,
+                          memory_order_release);
+}
+
+int
+eg__door_idle(eg__door *d)
+{
+    eg__door_lock(d);
+    int idle = d->pause_depth == 0;
+    eg__door_unlock(d);
+    return idle;
+}
+
 uint64_t
 eg__door_state(const eg__door *d)
 {

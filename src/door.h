@@ -80,6 +80,13 @@ void eg__door_finish_close(eg__door *d);
 void eg__door_pause(eg__door *d);
 void eg__door_resume(eg__door *d);
 
+/* The owner, for a door that is CLOSED, empty and not paused: OPEN again,
+ * for a new life of what it protects.  Whatever tells entrants of the old
+ * life apart must be changed before (the release store here publishes it). */
+void eg__door_reopen(eg__door *d);
+/* Not paused, nobody waiting out a pause (a snapshot, under the lock). */
+int eg__door_idle(eg__door *d);
+
 /* Any thread: the state (EG__DOOR_OPEN, _CLOSING, _CLOSED) and the count;
  * racy snapshots, for decisions the owner makes and for statistics. */
 uint64_t eg__door_state(const eg__door *d);

@@ -183,6 +183,10 @@ static inline void eg__decref_maybe_drain(eg__interp *in);
 uint64_t eg__decref_pending_count(eg__interp *in);
 
 void eg__decref_queue_init(eg__decref_queue *q);
+/* Record reuse: nothing queued, nobody draining it; reset the
+ * counters (the lanes stay: threads may push into them in the next life). */
+int eg__decref_reusable(eg__interp *in);
+void eg__decref_reset(eg__interp *in);
 void eg__decref_after_fork_child(eg__interp *in);
 void eg__decref_process_init(void);   /* once per process; see fences */
 /* The kicker's side (kicker.c): its eventfd, written when a queue needs a
@@ -225,12 +229,16 @@ typedef struct {
     _Atomic uint32_t nchunks;                      /* published chunks */
     _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
     _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
+    _Atomic uint64_t in_use;     /* slots handed out and not yet freed */
 } eg__registry;
 
 void eg__registry_init(eg__registry *reg);
 void eg__registry_after_fork_child(eg__registry *reg);
 /* Live references (approximate while other threads run). */
 uint64_t eg__registry_live(eg__registry *reg);
+/* Record reuse (interp.c): no slot is handed out; reset the counters. */
+int eg__registry_reusable(eg__registry *reg);
+void eg__registry_reset(eg__registry *reg);
 /* Attached to the record's interpreter, in phase 2: release every
  * registered object.  `tally`, when not NULL, is a dict that gets
  * type name -> count of what was released. */
@@ -257,6 +265,9 @@ eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
                                void *arg, void (*dtor)(void *),
                                int auto_free, int *err);
 size_t eg__stoppers_count(eg__interp *in);
+/* Record reuse: no stopper registered; reopen for registrations. */
+int eg__stoppers_reusable(eg__stoppers *st);
+void eg__stoppers_reset(eg__stoppers *st);
 
 /* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
 
@@ -275,6 +286,10 @@ typedef struct {
 } eg__gate;
 
 void eg__gate_init(eg__gate *g);
+/* Record reuse: closed, nobody inside, no thread state of anyone left, not
+ * paused; reopen it with fresh counters (after the generation moved on). */
+int eg__gate_reusable(eg__gate *g);
+void eg__gate_reopen(eg__gate *g);
 void eg__gate_after_fork_child(eg__interp *in);
 /* Any thread, not attached: 0 inside, or -ESHUTDOWN once the gate is not
  * OPEN.  Waits while a fork pauses the gate. */
@@ -301,9 +316,11 @@ uint64_t eg__gate_shut(eg__interp *in, const struct timespec *deadline);
  * starts, called before they return; other threads get it from a pthread
  * key destructor. */
 void eg__tstates_release_self(void);
-/* eg_gil_ensure for a record and a view of its interpreter (the kicker's
- * way in: it has no handle). */
-int eg__gil_ensure_record(eg__interp *in, eg__pyview *view, eg_gil *st);
+/* eg_gil_ensure for a record: `view` and `gen` are a handle's (NULL and 0
+ * for the record's current life: the kicker's way in, and the main
+ * interpreter's). */
+int eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
+                          eg_gil *st);
 /* Attached to `in`: delete the thread states of threads that have exited
  * (one relaxed load when there are none). */
 void eg__tstates_reap(eg__interp *in);
@@ -328,6 +345,9 @@ void eg__threads_after_fork_child(eg__threads *th);
  * GIL released, within timeout_s in all; name the ones that did not end. */
 void eg__threads_stop_all(eg__interp *in, double timeout_s);
 size_t eg__threads_live(eg__interp *in);
+/* Record reuse: no thread registered (none abandoned either); reopen. */
+int eg__threads_reusable(eg__threads *th);
+void eg__threads_reset(eg__threads *th);
 /* The calling thread was abandoned at exit: it may not attach again. */
 int eg__thread_self_abandoned(void);
 
@@ -368,6 +388,9 @@ void eg__cq_after_fork_child(eg__interp *in);
 struct eg__interp {
     eg__decref_queue queue;
     _Atomic int state;              /* eg__state */
+    /* The record's life: 1 for its first interpreter, one more each time a
+     * later interpreter reuses it (interp.c).  Handles remember theirs. */
+    _Atomic uint64_t generation;
     /* The interpreter, compared by address only; NULL once it is dead. */
     _Atomic(PyInterpreterState *) pyinterp;
     int64_t id;
@@ -408,6 +431,9 @@ eg__attached_to(eg__interp *in)
         == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
 }
 void eg__interps_process_init(void);
+/* How many per-interpreter records this process ever allocated (statistics:
+ * reuse keeps it small however many interpreters come and go). */
+uint64_t eg__records_allocated(void);
 /* os.register_at_fork hooks, attached: before the fork, pause every gate
  * and wait (GIL released, bounded) until no native thread is inside
  * CPython; in the parent afterwards, resume them.  The child resets its

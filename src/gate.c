@@ -89,6 +89,7 @@ struct eg__tsentry {
 struct eg_interp {
     eg__interp *rec;
     eg__pyview *view;           /* PEP 788 view (3.15), else a dummy */
+    uint64_t gen;               /* the record's life it was made in */
 };
 
 /* ---- The gate word ----------------------------------------------------- */
@@ -108,6 +109,27 @@ eg__gate_init(eg__gate *g)
     memset(g, 0, sizeof(*g));
     eg__door_init(&g->door, 0);
     eg__gate_init_locks(g);
+}
+
+int
+eg__gate_reusable(eg__gate *g)
+{
+    eg__mutex_lock(&g->ts_lock);
+    int clean = g->entries == NULL && g->fork_orphans == NULL
+        && atomic_load_explicit(&g->ndead, memory_order_relaxed) == 0;
+    eg__mutex_unlock(&g->ts_lock);
+    return clean && eg__door_state(&g->door) == EG__DOOR_CLOSED
+        && eg__door_inside(&g->door) == 0 && eg__door_idle(&g->door);
+}
+
+void
+eg__gate_reopen(eg__gate *g)
+{
+    atomic_store_explicit(&g->attach_ok, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->attach_refused, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->guards, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->reaped, 0, memory_order_relaxed);
+    eg__door_reopen(&g->door);
 }
 
 int
@@ -368,18 +390,19 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
     }
     memset(st, 0, sizeof(*st));
     if (h != NULL) {
-        return eg__gil_ensure_record(h->rec, h->view, st);
+        return eg__gil_ensure_record(h->rec, h->view, h->gen, st);
     }
     eg__interp *in = atomic_load_explicit(&eg__main_record,
                                           memory_order_acquire);
     if (in == NULL) {
         return -ESHUTDOWN;
     }
-    return eg__gil_ensure_record(in, in->view, st);
+    return eg__gil_ensure_record(in, NULL, 0, st);
 }
 
 int
-eg__gil_ensure_record(eg__interp *in, eg__pyview *view, eg_gil *st)
+eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
+                      eg_gil *st)
 {
     memset(st, 0, sizeof(*st));
     eg__gate *g = &in->gate;
@@ -400,6 +423,18 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, eg_gil *st)
     PyThreadState *prev = cur != NULL ? PyEval_SaveThread() : NULL;
     if (eg__gate_enter(g) < 0) {
         goto refused_restore;
+    }
+    /* Inside, the record cannot be handed to a new interpreter (that needs
+     * its gate closed and empty), so what it says now stays true until we
+     * leave.  Acquire: pairs with the reuser's store before it reopened
+     * the gate.  A handle of an earlier life is refused. */
+    if (gen != 0 && atomic_load_explicit(&in->generation,
+                                         memory_order_acquire) != gen) {
+        eg__gate_leave(g);
+        goto refused_restore;
+    }
+    if (view == NULL) {
+        view = in->view;
     }
     eg__tsentry *e = eg__entry_get(in);
     if (e == NULL) {
@@ -666,6 +701,7 @@ eg_interp_current(void)
         return NULL;
     }
     h->rec = in;
+    h->gen = atomic_load_explicit(&in->generation, memory_order_acquire);
     h->view = eg__view_current();
     if (h->view == NULL) {
         free(h);
@@ -687,6 +723,7 @@ eg_interp_main(void)
         return NULL;
     }
     h->rec = in;
+    h->gen = 0;                    /* the main interpreter's record is its own */
     h->view = eg__view_main();     /* 3.15: NULL once main is gone */
     if (h->view == NULL) {
         free(h);

@@ -9,7 +9,12 @@
  * again through a process-wide list keyed by the interpreter (address and
  * ID; an address can be reused once an interpreter is freed, an ID cannot).
  * Records are never freed (see eg_internal.h): a native thread may hold a
- * pointer into one forever.  The list and each record's `nmodules` are
+ * pointer into one forever.  But once an interpreter is gone and nothing of
+ * it is left in its record -- no reference, queued decref, thread, stopper,
+ * completion queue or thread state -- the next interpreter that imports
+ * exitguard reuses the record (and its reference chunks and queue lanes),
+ * under a new generation that stale handles fail; so a process that creates
+ * and ends subinterpreters all day uses a bounded number of records.  The list and each record's `nmodules` are
  * protected by eg__records_lock; a record's other fields by their own locks
  * and atomics.
  *
@@ -65,6 +70,13 @@ eg__is_phase_thread(eg__interp *in)
 
 static pthread_mutex_t eg__records_lock = PTHREAD_MUTEX_INITIALIZER;
 static eg__interp *eg__records;     /* under eg__records_lock */
+static _Atomic uint64_t eg__nrecords;   /* records ever allocated */
+
+uint64_t
+eg__records_allocated(void)
+{
+    return atomic_load_explicit(&eg__nrecords, memory_order_relaxed);
+}
 
 /* Attached thread's cache: the record of the interpreter it last asked
  * about.  Never dangling (records are immortal). */
@@ -132,6 +144,65 @@ eg__new_anchor(PyInterpreterState *pyinterp)
 }
 #endif
 
+/* Under eg__records_lock: may `in` serve a new interpreter?  Its own
+ * interpreter is gone and fully stopped, and nothing of that life is left
+ * that a thread could still reach it through: no reference slot handed out,
+ * nothing queued or being drained, no stopper, thread or completion queue
+ * registered, its gate closed with nobody inside and no thread state of
+ * anyone.  (Stale handles are told apart by the generation.) */
+static int
+eg__record_reusable(eg__interp *in)
+{
+    if (in->is_main
+            || atomic_load_explicit(&in->pyinterp, memory_order_acquire)
+               != NULL
+            || atomic_load_explicit(&in->state, memory_order_acquire)
+               != EG_STOPPED
+            || in->anchor != NULL) {
+        return 0;
+    }
+    eg__mutex_lock(&in->cq_lock);
+    int no_cqs = in->cqs == NULL;
+    eg__mutex_unlock(&in->cq_lock);
+    return no_cqs && eg__registry_reusable(&in->refs)
+        && eg__decref_reusable(in) && eg__stoppers_reusable(&in->stoppers)
+        && eg__threads_reusable(&in->threads)
+        && eg__gate_reusable(&in->gate);
+}
+
+/* Under eg__records_lock, attached to the new interpreter: give a reusable
+ * record its next life.  The generation moves first and the gate reopens
+ * last (a release store), so a thread that gets in sees the new life whole
+ * and a handle of the old one fails its generation check. */
+static void
+eg__record_renew(eg__interp *in, PyInterpreterState *pyinterp, int64_t id,
+                 eg__pyview *view)
+{
+    atomic_fetch_add_explicit(&in->generation, 1, memory_order_seq_cst);
+    eg__registry_reset(&in->refs);
+    eg__decref_reset(in);
+    eg__stoppers_reset(&in->stoppers);
+    eg__threads_reset(&in->threads);
+    uint64_t drained;
+    while (read(in->stop_efd, &drained, sizeof(drained)) > 0) {
+        /* phase 1 of the old life left the stop fd readable */
+    }
+    atomic_store_explicit(&in->phase_thread, 0, memory_order_relaxed);
+    /* Nobody can read the old view now: the gate is closed and empty, and
+     * internal attaches read the record's view only inside it. */
+    eg__view_close(in->view);
+    in->view = view;
+    in->noop = NULL;      /* the old one belonged to the dead interpreter */
+    in->id = id;
+    in->nmodules = 1;
+#if EG_SUBINTERP_ANCHOR
+    in->anchor = eg__new_anchor(pyinterp);
+#endif
+    atomic_store_explicit(&in->state, EG_RUNNING, memory_order_relaxed);
+    atomic_store_explicit(&in->pyinterp, pyinterp, memory_order_release);
+    eg__gate_reopen(&in->gate);
+}
+
 eg__interp *
 eg__interp_acquire(void)
 {
@@ -152,6 +223,13 @@ eg__interp_acquire(void)
             in->nmodules++;
             eg__mutex_unlock(&eg__records_lock);
             eg__view_close(view);
+            return in;
+        }
+    }
+    for (in = eg__records; in != NULL; in = in->next_record) {
+        if (eg__record_reusable(in)) {
+            eg__record_renew(in, pyinterp, id, view);
+            eg__mutex_unlock(&eg__records_lock);
             return in;
         }
     }
@@ -176,6 +254,7 @@ eg__interp_acquire(void)
         abort();
     }
     atomic_init(&in->state, EG_RUNNING);
+    atomic_init(&in->generation, 1);
     atomic_init(&in->pyinterp, pyinterp);
     in->id = id;
     in->is_main = (pyinterp == PyInterpreterState_Main());
@@ -187,6 +266,7 @@ eg__interp_acquire(void)
     in->nmodules = 1;
     in->next_record = eg__records;
     eg__records = in;
+    atomic_fetch_add_explicit(&eg__nrecords, 1, memory_order_relaxed);
     if (in->is_main) {
         /* Release: a native thread that loads the pointer (acquire) sees an
          * initialised record. */
@@ -203,7 +283,10 @@ eg__interp_release(eg__interp *in)
     if (--in->nmodules == 0) {
         /* The interpreter is going away (module free runs in its
          * teardown): this record never matches a lookup again.  Native
-         * threads keep using it safely; after STOPPED they only count. */
+         * threads keep using it safely; after STOPPED they only count.
+         * Once nothing of this life is left, a later interpreter may reuse
+         * it (eg__record_reusable). */
+        in->noop = NULL;          /* its interpreter frees it */
         atomic_store_explicit(&in->pyinterp, NULL, memory_order_release);
     }
     eg__mutex_unlock(&eg__records_lock);

@@ -81,7 +81,7 @@ eg__kicker_main(void *unused)
         eg__interp *in;
         while ((in = eg__decref_kicked_pop(&list)) != NULL) {
             eg_gil st;
-            if (eg__gil_ensure_record(in, in->view, &st) == 0) {
+            if (eg__gil_ensure_record(in, NULL, 0, &st) == 0) {
                 /* The attach applied the queue (an entry point). */
                 atomic_fetch_add_explicit(&in->queue.kicks, 1,
                                           memory_order_relaxed);

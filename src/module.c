@@ -836,7 +836,10 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "tstates_reaped", atomic_load(&in->gate.reaped)) < 0
         || PyDict_SetItemString(d, "pep788",
                                 EG_HAVE_PEP788 ? Py_True : Py_False) < 0
-        || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0) {
+        || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0
+        || eg__set_u64(d, "record_generation",
+                       atomic_load(&in->generation)) < 0
+        || eg__set_u64(d, "records", eg__records_allocated()) < 0) {
         goto fail;
     }
     uint64_t ld, ldr, lf, lfi, lse;

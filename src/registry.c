@@ -141,6 +141,9 @@ eg__ref_alloc(eg__interp *in)
         if (atomic_compare_exchange_weak_explicit(
                 &reg->free_head, &head, eg__free_head(head, next),
                 memory_order_acquire, memory_order_acquire)) {
+            /* Relaxed: only record reuse reads it, once the interpreter is
+             * gone and every slot came back (the free-list CAS ordered). */
+            atomic_fetch_add_explicit(&reg->in_use, 1, memory_order_relaxed);
             return s;
         }
     }
@@ -150,6 +153,9 @@ static inline void
 eg__ref_free(eg__registry *reg, eg_ref *s)
 {
     eg__free_push_chain(reg, s, s);
+    /* Release, after the push: a reuser that reads 0 (acquire) finds the
+     * slot back on the free list. */
+    atomic_fetch_sub_explicit(&reg->in_use, 1, memory_order_release);
 }
 
 /* ---- Public API ---------------------------------------------------------- */
@@ -290,6 +296,18 @@ eg__registry_init(eg__registry *reg)
     if (pthread_mutex_init(&reg->grow_lock, NULL) != 0) {
         abort();
     }
+}
+
+int
+eg__registry_reusable(eg__registry *reg)
+{
+    return atomic_load_explicit(&reg->in_use, memory_order_acquire) == 0;
+}
+
+void
+eg__registry_reset(eg__registry *reg)
+{
+    atomic_store_explicit(&reg->swept, 0, memory_order_relaxed);
 }
 
 void

@@ -62,6 +62,24 @@ eg__stoppers_init(eg__stoppers *st)
     }
 }
 
+int
+eg__stoppers_reusable(eg__stoppers *st)
+{
+    eg__mutex_lock(&st->lock);
+    int empty = st->first == NULL;
+    eg__mutex_unlock(&st->lock);
+    return empty;
+}
+
+void
+eg__stoppers_reset(eg__stoppers *st)
+{
+    eg__mutex_lock(&st->lock);
+    st->phase1_done = 0;
+    st->count = 0;
+    eg__mutex_unlock(&st->lock);
+}
+
 void
 eg__stoppers_after_fork_child(eg__stoppers *st)
 {

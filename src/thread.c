@@ -400,6 +400,23 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     free(todo);
 }
 
+int
+eg__threads_reusable(eg__threads *th)
+{
+    eg__mutex_lock(&th->lock);
+    int empty = th->first == NULL && th->live == 0;
+    eg__mutex_unlock(&th->lock);
+    return empty;
+}
+
+void
+eg__threads_reset(eg__threads *th)
+{
+    eg__mutex_lock(&th->lock);
+    th->closed = 0;
+    eg__mutex_unlock(&th->lock);
+}
+
 size_t
 eg__threads_live(eg__interp *in)
 {

@@ -61,6 +61,7 @@ def ext_dir(tmp_path_factory):
     """A folder holding the built test extension ``egtest`` and the ``ticker`` example."""
     d = str(tmp_path_factory.mktemp("ext"))
     _build_ext("egtest", os.path.join(HERE, "ext", "egtest.c"), d)
+    _build_ext("egbase", os.path.join(HERE, "ext", "egbase.c"), d)
     ticker = os.path.join(ROOT, "examples", "ticker", "ticker.c")
     if os.path.exists(ticker):
         _build_ext("ticker", ticker, d)

@@ -42,46 +42,73 @@ def test_queued_decrefs_survive_fork(run_py):
     assert d["parent_freed"] == 5000
 
 
+FORK_LOAD = """
+import json, os, sys, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
+mode, forks, child_timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+if mode == "exitguard":
+    import scenario, exitguard, egtest as churn
+else:
+    import egbase as churn          # the same native load, without exitguard
+churn.churn_threads(4)
+while churn.churned() < 200:
+    time.sleep(0.001)
+bad = []
+for i in range(forks):
+    pid = os.fork()
+    if pid == 0:
+        ok = True
+        if mode == "exitguard":
+            scenario.freed = 0
+            import egtest
+            hs = [egtest.ref_new(scenario.Tracked()) for _ in range(50)]
+            egtest.release_in_threads(hs, 2)
+            objs = [scenario.Tracked() for _ in range(50)]
+            egtest.decref_in_threads(objs, 2)
+            del objs
+            exitguard.flush()
+            ok = scenario.freed == 100 and exitguard.state() == "running"
+        garbage = [[[]] for _ in range(3000)]      # the child's GC runs too
+        del garbage
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # silence the child's report
+        sys.exit(0 if ok else 17)
+    deadline = time.monotonic() + child_timeout
+    while True:
+        r, status = os.waitpid(pid, os.WNOHANG)
+        if r:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            code = "hang"
+            break
+        time.sleep(0.002)
+    if code != 0:
+        bad.append(code)
+print(json.dumps({"bad": bad, "forks": forks, "churned": churn.churned()}))
+"""
+
+
 def test_fork_200_times_under_native_load(run_py):
-    """4 native threads attach and decref at a high rate while the main thread forks
-    200 times; every child uses exitguard normally (references, native decrefs, a
-    flush, a normal exit with its two phases) and exits 0."""
-    res = run_py(
-        """
-        import scenario, exitguard, egtest, os, sys, json, time, warnings
-        warnings.simplefilter("ignore", DeprecationWarning)   # 3.12+: fork with threads
-        egtest.churn_threads(4)
-        while egtest.churned() < 1000:
-            time.sleep(0.001)
-        statuses = []
-        for i in range(200):
-            pid = os.fork()
-            if pid == 0:
-                scenario.freed = 0
-                hs = [egtest.ref_new(scenario.Tracked()) for _ in range(50)]
-                egtest.release_in_threads(hs, 2)
-                objs = [scenario.Tracked() for _ in range(50)]
-                egtest.decref_in_threads(objs, 2)
-                del objs
-                exitguard.flush()
-                ok = scenario.freed == 100 and exitguard.state() == "running"
-                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)   # silence the child's report
-                sys.exit(0 if ok else 17)
-            _, status = os.waitpid(pid, 0)
-            statuses.append(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8)
-        churned = egtest.churned()
-        exitguard.flush()
-        print(json.dumps({"statuses": sorted(set(statuses)), "n": len(statuses),
-                          "churned": churned, "state": exitguard.state()}))
-        """,
-        timeout=240,
-    )
+    """4 native threads attach, build GC-tracked lists and drop them without the GIL,
+    as fast as they can, while the main thread forks 200 times; every child uses
+    exitguard (references, native decrefs, a flush, its own GC) and exits normally.
+    The fork barrier keeps the native threads out of CPython at each fork: 0 bad
+    children.  The same load written with PyGILState and without exitguard runs
+    beside it, and its count is printed, not asserted: a hang CPython causes on its
+    own (a lock held by a thread inside CPython at fork time, left locked in the
+    child) is told apart from exitguard's."""
+    res = run_py(FORK_LOAD, args=["exitguard", "200", "10"], timeout=600)
     assert_clean(res)
     d = res.data
-    assert d["n"] == 200
-    assert d["statuses"] == [0], res.describe()
-    assert d["state"] == "running"
-    assert d["churned"] > 1000
+    base = run_py(FORK_LOAD, args=["baseline", "50", "2"], timeout=600)
+    print("fork under native load: exitguard %d bad of %d; without exitguard %s"
+          % (len(d["bad"]), d["forks"],
+             ("%d bad of %d (%s)" % (len(base.data["bad"]), base.data["forks"], base.data["bad"]))
+             if base.returncode == 0 else "exit %s" % base.returncode))
+    assert d["forks"] == 200 and d["churned"] > 200
+    assert d["bad"] == [], res.describe()
 
 
 def test_fork_while_a_native_thread_is_inside_python(run_py):

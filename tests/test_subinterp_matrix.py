@@ -88,23 +88,33 @@ def test_run_again_and_destroy_after_native_attaches(run_py, api):
         + """
 import json, exitguard, egtest
 out = []
+prev = None
 for cycle in range(10):
     iid = create()
     run(iid, %(setup)r)
     h = egtest.stash_get()
+    # The ended interpreter's record may serve this one now: its old handle
+    # must still be refused, never attach here.
+    old_refused = egtest.nested_in_thread(lambda: "must not run", prev)[0] if prev else None
+    if prev:
+        egtest.interp_close(prev)
     seen = []
     for i in range(10):
         rc = egtest.run_in_thread(h, %(probe)r)
         seen.append((rc, egtest.stash_get()))
     nested = egtest.nested_in_thread(lambda: "called", h)
     run(iid, "x = 1 + 1")                   # the interpreter runs code again
-    sub_id = None
-    run(iid, "import exitguard, egtest; egtest.stash_set(exitguard.stats()['interpreter_id'] + 1000)")
-    sub_id = egtest.stash_get() - 1000
+    run(iid, "import exitguard, egtest; s = exitguard.stats(); "
+             "egtest.stash_set((s['interpreter_id'] + 1000) * 1000 + s['record_generation'])")
+    v = egtest.stash_get()
+    sub_id, gen = divmod(v, 1000)
+    sub_id -= 1000
     destroy(iid)
     stale = egtest.nested_in_thread(lambda: "must not run", h)
-    egtest.interp_close(h)
-    out.append({"seen": seen, "nested": nested[:2], "sub_id": sub_id, "stale": stale[0]})
+    prev = h
+    out.append({"seen": seen, "nested": nested[:2], "sub_id": sub_id, "stale": stale[0],
+                "old_refused": old_refused, "gen": gen})
+egtest.interp_close(prev)
 print(json.dumps({"cycles": out, "main_id": exitguard.stats()["interpreter_id"]}))
 """ % {"setup": SUB_SETUP, "probe": PROBE},
         timeout=120,
@@ -118,6 +128,9 @@ print(json.dumps({"cycles": out, "main_id": exitguard.stats()["interpreter_id"]}
         assert c["sub_id"] != d["main_id"]
         assert c["nested"] == [0, 0]
         assert c["stale"] == -ESHUTDOWN, c
+        assert c["old_refused"] in (None, -ESHUTDOWN), c
+    # The records of ended interpreters were reused, not piled up.
+    assert max(c["gen"] for c in d["cycles"]) >= 5, d["cycles"]
 
 
 @pytest.mark.parametrize("api", APIS)

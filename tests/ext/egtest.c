@@ -669,6 +669,339 @@ t_attach_then_join_holding_gil(PyObject *m, PyObject *Py_UNUSED(ignored))
     return PyLong_FromLong(j.rc);
 }
 
+/* ---- the C-API way to use subinterpreters (an embedder's) ----------------
+ *
+ * capi_subinterp_cycles(n, own_gil=False, nthreads=2, nobjs=200,
+ *                       with_exitguard=True) -> dict
+ * n times: create an interpreter with Py_NewInterpreter (or, own_gil on
+ * 3.12+, Py_NewInterpreterFromConfig with its own GIL); import exitguard and
+ * egtest there; take nobjs references on objects whose finalizer counts;
+ * start nthreads registered native threads that attach to it through a
+ * handle, call Python there and check which interpreter they are in, and
+ * release the references without the GIL; then Py_EndInterpreter while the
+ * threads are still registered and attaching.  Afterwards a native thread
+ * with the old handle must be refused.  Returns counters and the resident
+ * set size after 10% of the cycles and at the end.  with_exitguard=False
+ * only creates and ends the interpreters: the memory baseline. */
+static atomic_long capi_created, capi_freed, capi_calls, capi_wrong_interp,
+    capi_stopped, capi_refused_after;
+static atomic_uintptr_t stash;     /* tentative: defined with stash_set below */
+
+typedef struct {
+    eg_interp *h;
+    int64_t id;
+    eg_ref **refs;
+    size_t nrefs;
+    eg_ref *callback;            /* the subinterpreter's: released by the worker */
+    eg_thread *t;
+} capi_worker_t;
+
+/* The workers of the interpreter being cycled, joined and freed by the loop
+ * after Py_EndInterpreter (their owner). */
+static capi_worker_t *capi_workers[16];
+static int capi_nworkers;
+
+static void
+capi_worker_run(void *arg)
+{
+    capi_worker_t *w = arg;
+    size_t next = 0;
+    while (!eg_thread_stop_requested()) {
+        if (next < w->nrefs) {
+            eg_ref_release(w->refs[next++]);      /* no GIL */
+        }
+        eg_gil st;
+        if (eg_gil_ensure(w->h, &st) != 0) {
+            continue;                  /* stopping: phase 1 asks us to end */
+        }
+        if (PyInterpreterState_GetID(PyInterpreterState_Get()) != w->id) {
+            atomic_fetch_add(&capi_wrong_interp, 1);
+        }
+        PyObject *cb = eg_ref_get(w->callback);
+        PyObject *r = cb ? PyObject_CallNoArgs(cb) : NULL;
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+        atomic_fetch_add(&capi_calls, 1);
+        eg_gil_release(&st);
+        sleep_us(200);
+    }
+    while (next < w->nrefs) {
+        eg_ref_release(w->refs[next++]);
+    }
+    eg_ref_release(w->callback);       /* no GIL: queued, applied by phase 2 */
+    w->callback = NULL;
+    atomic_fetch_add(&capi_stopped, 1);
+}
+
+/* _capi_sub_work(nthreads, nobjs, cls, callback): runs inside the new
+ * interpreter (called by the setup code).  Returns the handle. */
+static PyObject *
+t_capi_sub_work(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int nthreads, nobjs;
+    PyObject *cls, *cb;
+    if (!PyArg_ParseTuple(args, "iiOO", &nthreads, &nobjs, &cls, &cb)) {
+        return NULL;
+    }
+    eg_interp *h = eg_interp_current();
+    if (h == NULL) {
+        return NULL;
+    }
+    int64_t id = PyInterpreterState_GetID(PyInterpreterState_Get());
+    if (nthreads > 16) {
+        nthreads = 16;
+    }
+    capi_nworkers = 0;
+    for (int i = 0; i < nthreads; i++) {
+        capi_worker_t *w = calloc(1, sizeof(*w));
+        size_t per = (size_t)nobjs / (size_t)nthreads;
+        w->refs = calloc(per ? per : 1, sizeof(eg_ref *));
+        if (w == NULL || w->refs == NULL) {
+            return PyErr_NoMemory();
+        }
+        w->h = h;
+        w->id = id;
+        w->callback = eg_ref_new(cb);
+        if (w->callback == NULL) {
+            return NULL;
+        }
+        for (size_t k = 0; k < per; k++) {
+            PyObject *o = PyObject_CallNoArgs(cls);
+            if (o == NULL) {
+                return NULL;
+            }
+            w->refs[k] = eg_ref_new(o);
+            Py_DECREF(o);
+            if (w->refs[k] == NULL) {
+                return NULL;
+            }
+            w->nrefs++;
+            atomic_fetch_add(&capi_created, 1);
+        }
+        int rc = eg_thread_start(&w->t, "capi-worker", capi_worker_run, NULL,
+                                 w);
+        if (rc < 0) {
+            PyErr_Format(PyExc_RuntimeError, "eg_thread_start: %s",
+                         eg_strerror(rc));
+            return NULL;
+        }
+        capi_workers[capi_nworkers++] = w;
+    }
+    return handle_to_py(h);
+}
+
+static atomic_long capi_max_gen;
+
+static PyObject *
+t_capi_gen(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long g = PyLong_AsLong(arg);
+    if (g > atomic_load(&capi_max_gen)) {
+        atomic_store(&capi_max_gen, g);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_capi_freed_inc(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    atomic_fetch_add(&capi_freed, 1);
+    Py_RETURN_NONE;
+}
+
+static long
+rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kib = strtol(line + 6, NULL, 10);
+        }
+    }
+    if (f != NULL) {
+        fclose(f);
+    }
+    return kib;
+}
+
+static const char capi_setup[] =
+    "import exitguard, egtest\n"
+    "class _T:\n"
+    "    def __del__(self):\n"
+    "        egtest._capi_freed_inc()\n"
+    "egtest.stash_set(egtest._capi_sub_work(_NTHREADS, _NOBJS, _T, lambda: None))\n"
+    "egtest._capi_gen(exitguard.stats()[\"records\"])\n";
+
+/* The baseline's native threads: attach to the interpreter by hand
+ * (PyThreadState_New, then Clear + DeleteCurrent after each call: the same
+ * create-per-attach pattern exitguard uses for subinterpreters), until told
+ * to stop; joined before the interpreter ends, as code without exitguard
+ * must. */
+typedef struct {
+    PyInterpreterState *interp;
+    atomic_int *stop;
+    int calls;
+} capi_raw_t;
+
+static void *
+capi_raw_main(void *arg)
+{
+    capi_raw_t *r = arg;
+    while (!atomic_load(r->stop) || r->calls < 1) {
+        PyThreadState *ts = PyThreadState_New(r->interp);
+        PyEval_RestoreThread(ts);
+        PyObject *o = PyList_New(0);
+        Py_XDECREF(o);
+        r->calls++;
+        PyThreadState_Clear(ts);
+        PyThreadState_DeleteCurrent();
+        sleep_us(200);
+    }
+    return NULL;
+}
+
+/* The baseline imports what importing exitguard imports in a
+ * subinterpreter, and makes the same objects, without exitguard. */
+static const char capi_baseline[] =
+    "import os, threading, atexit\n"
+    "class _T:\n"
+    "    def __del__(self):\n"
+    "        pass\n"
+    "_objs = [_T() for _ in range(200)]\n"
+    "del _objs\n";
+
+static void *
+capi_try_stale(void *arg)
+{
+    eg_gil st;
+    if (eg_gil_ensure((eg_interp *)arg, &st) == 0) {
+        eg_gil_release(&st);
+    }
+    else {
+        atomic_fetch_add(&capi_refused_after, 1);
+    }
+    return NULL;
+}
+
+static PyObject *
+t_capi_subinterp_cycles(PyObject *m, PyObject *args, PyObject *kw)
+{
+    (void)m;
+    static char *kwlist[] = {"n", "own_gil", "nthreads", "nobjs",
+                             "with_exitguard", NULL};
+    int n, own_gil = 0, nthreads = 2, nobjs = 200, with_eg = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|piip", kwlist, &n, &own_gil,
+                                     &nthreads, &nobjs, &with_eg)) {
+        return NULL;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (own_gil) {
+        PyErr_SetString(PyExc_ValueError, "own_gil needs CPython 3.12+");
+        return NULL;
+    }
+#endif
+    char code[sizeof(capi_setup) + 64];
+    snprintf(code, sizeof(code), "_NTHREADS = %d\n_NOBJS = %d\n%s", nthreads,
+             nobjs, capi_setup);
+    long rss_warm = -1;
+    int failures = 0;
+    PyThreadState *main_ts = PyThreadState_Swap(NULL);
+    for (int c = 0; c < n; c++) {
+        PyThreadState *sub = NULL;
+#if PY_VERSION_HEX >= 0x030C0000
+        if (own_gil) {
+            PyInterpreterConfig cfg = {
+                .use_main_obmalloc = 0,
+                .allow_fork = 0,
+                .allow_exec = 0,
+                .allow_threads = 1,
+                .allow_daemon_threads = 0,
+                .check_multi_interp_extensions = 1,
+                .gil = PyInterpreterConfig_OWN_GIL,
+            };
+            PyStatus status = Py_NewInterpreterFromConfig(&sub, &cfg);
+            if (PyStatus_Exception(status)) {
+                sub = NULL;
+            }
+        }
+        else
+#endif
+        {
+            sub = Py_NewInterpreter();
+        }
+        if (sub == NULL) {
+            failures++;
+            break;
+        }
+        eg_interp *h = NULL;
+        if (with_eg) {
+            if (PyRun_SimpleString(code) != 0) {
+                failures++;
+            }
+            h = (eg_interp *)atomic_load(&stash);
+        }
+        else if (PyRun_SimpleString(capi_baseline) != 0) {
+            failures++;
+        }
+        if (!with_eg && nthreads > 0) {
+            pthread_t tids[16];
+            capi_raw_t raws[16];
+            atomic_int stop = 0;
+            int k = nthreads < 16 ? nthreads : 16;
+            for (int i = 0; i < k; i++) {
+                raws[i] = (capi_raw_t){PyThreadState_GetInterpreter(sub), &stop, 0};
+                pthread_create(&tids[i], NULL, capi_raw_main, &raws[i]);
+            }
+            Py_BEGIN_ALLOW_THREADS
+            sleep_us(1000);
+            atomic_store(&stop, 1);
+            for (int i = 0; i < k; i++) {
+                pthread_join(tids[i], NULL);
+            }
+            Py_END_ALLOW_THREADS
+        }
+        Py_EndInterpreter(sub);         /* the threads are still registered */
+        for (int i = 0; i < capi_nworkers; i++) {
+            /* Phase 1 joined them: this returns at once and frees the
+             * handle, as the owner must. */
+            capi_worker_t *w = capi_workers[i];
+            if (eg_thread_join(w->t, 5.0) != 0) {
+                failures++;
+            }
+            free(w->refs);
+            free(w);
+        }
+        capi_nworkers = 0;
+        if (h != NULL) {
+            pthread_t tid;
+            if (pthread_create(&tid, NULL, capi_try_stale, h) == 0) {
+                pthread_join(tid, NULL);
+            }
+            eg_interp_close(h);
+        }
+        if (c == n / 10) {
+            rss_warm = rss_kib();
+        }
+    }
+    PyThreadState_Swap(main_ts);
+    return Py_BuildValue(
+        "{s:i,s:l,s:l,s:l,s:l,s:l,s:l,s:l,s:l,s:l}", "failures", failures,
+        "max_records", atomic_load(&capi_max_gen),
+        "created", atomic_load(&capi_created), "freed", atomic_load(&capi_freed),
+        "calls", atomic_load(&capi_calls),
+        "wrong_interp", atomic_load(&capi_wrong_interp),
+        "stopped", atomic_load(&capi_stopped),
+        "refused_after", atomic_load(&capi_refused_after),
+        "rss_warm_kib", rss_warm, "rss_end_kib", rss_kib());
+}
+
 /* A registered thread blocked in native work (a pipe read) that only its
  * request_stop can unblock. */
 typedef struct {
@@ -870,8 +1203,9 @@ t_run_in_thread(PyObject *m, PyObject *args)
 }
 
 /* churn_threads(n): detached raw threads that, as fast as they can,
- * attach, create an object, detach, and drop it with eg_decref() without
- * the GIL.  They park once the gate refuses them. */
+ * attach, create a list of 50 lists (GC-tracked allocations), detach, and
+ * drop it with eg_decref() without the GIL.  They park once the gate
+ * refuses them. */
 static atomic_long n_churned;
 
 static void *
@@ -885,7 +1219,16 @@ churn_main(void *arg)
                 sleep_us(1000000);
             }
         }
+        /* A list of 50 lists: container allocations, so that the GC runs
+         * now and then on these threads too. */
         PyObject *o = PyList_New(0);
+        for (int i = 0; o != NULL && i < 50; i++) {
+            PyObject *inner = PyList_New(0);
+            if (inner == NULL || PyList_Append(o, inner) < 0) {
+                PyErr_Clear();
+            }
+            Py_XDECREF(inner);
+        }
         eg_gil_release(&st);
         eg_decref(o);                 /* without the GIL: queued */
         atomic_fetch_add(&n_churned, 1);
@@ -1383,6 +1726,11 @@ static PyMethodDef methods[] = {
     {"churned", t_churned, METH_NOARGS, NULL},
     {"stash_get", t_stash_get, METH_NOARGS, NULL},
     {"report_at_exit", t_report_at_exit, METH_NOARGS, NULL},
+    {"capi_subinterp_cycles", (PyCFunction)(void (*)(void))t_capi_subinterp_cycles,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_capi_sub_work", t_capi_sub_work, METH_VARARGS, NULL},
+    {"_capi_freed_inc", t_capi_freed_inc, METH_NOARGS, NULL},
+    {"_capi_gen", t_capi_gen, METH_O, NULL},
     {"attach_then_join_holding_gil", t_attach_then_join_holding_gil,
      METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
