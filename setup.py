@@ -28,7 +28,7 @@ def version():
 
 def compile_flags():
     cflags = ["-std=c11", "-fvisibility=hidden", "-Wall", "-Wextra"]
-    lflags = ["-pthread"]
+    lflags = ["-pthread", "-ldl"]    # dladdr: in libc since glibc 2.34, in libdl before
     macros = [("EG_BUILDING", "1")]
     if os.environ.get("EG_WERROR") == "1":
         cflags.append("-Werror")

@@ -309,7 +309,8 @@ EG_FUNC void eg_gil_release(eg_gil *st);
 
 /* eg_thread_start: start a native thread running run(arg), registered in
  *   the current interpreter.
- * Thread: attached.  The OS thread is named `name` (first 15 bytes).
+ * Thread: attached.  The OS thread is named `name` (the OS keeps the first
+ *   15 bytes; exitguard's messages print it whole).
  * run(arg) runs without the GIL; it attaches with eg_gil_ensure() when it
  *   needs Python, and checks eg_thread_stop_requested() in its loop.  In
  *   phase 1 exitguard calls request_stop(arg) (may be NULL; called without
@@ -319,7 +320,8 @@ EG_FUNC void eg_gil_release(eg_gil *st);
  *   then is named on stderr, is never allowed to attach again, and exit
  *   goes on without it.
  * Returns 0 and *out; -EINVAL (NULL out or run), -ESHUTDOWN (phase 1 has
- *   begun), -ENOMEM, -EAGAIN (the OS refused a thread).
+ *   begun -- also from inside a running stopper), -ENOMEM, -EAGAIN (the OS
+ *   refused a thread).
  * Pair: eg_thread_join(), which frees the handle once the thread ended. */
 EG_FUNC int eg_thread_start(eg_thread **out, const char *name,
                             void (*run)(void *arg),
@@ -329,8 +331,12 @@ EG_FUNC int eg_thread_start(eg_thread **out, const char *name,
  * Thread: any thread but t itself; releases the GIL while it waits when the
  *   caller is attached.  timeout_s < 0 waits forever.
  * Returns 0 (the thread ended -- also when phase 1 joined it already; t is
- *   freed), -ETIMEDOUT (t is still valid), -EINVAL (NULL t, NaN timeout, or
- *   t is the calling thread).  For an adopted thread, calls its join
+ *   freed), -ETIMEDOUT (t is still valid), -ESHUTDOWN (phase 1 abandoned the
+ *   thread at exit: returned at once, also to a join already waiting; t is
+ *   given up -- not freed, since the thread may still use it -- and must not
+ *   be used again), -EINVAL (NULL t, NaN timeout, t is the calling thread,
+ *   or t was already joined or given up: debug builds, EG_DEBUG=1, abort
+ *   with a message instead).  For an adopted thread, calls its join
  *   callback. */
 EG_FUNC int eg_thread_join(eg_thread *t, double timeout_s);
 
@@ -428,6 +434,9 @@ EG_FUNC int eg_event_is_set(const eg_event *ev);
 
 /* The wait saw exitguard stopping in the calling thread's interpreter. */
 #define EG_WAIT_STOPPING (-ESHUTDOWN)
+/* A Python signal handler raised during the wait (KeyboardInterrupt): its
+ * exception is set.  Return it to Python (NULL / -1). */
+#define EG_WAIT_INTERRUPTED (-EINTR)
 
 /* eg_event_wait: wait until the event is set.
  * Thread: attached (a Python thread, or a native one inside
@@ -438,7 +447,8 @@ EG_FUNC int eg_event_is_set(const eg_event *ev);
  *   the remaining time is computed from an absolute deadline.
  * Returns 0 (set), -ETIMEDOUT, EG_WAIT_STOPPING (exitguard's phase 1 began
  *   in this interpreter: stop waiting, so exit is never blocked), -EINVAL
- *   (NULL event or NaN timeout), or -1 with the exception set. */
+ *   (NULL event or NaN timeout), or EG_WAIT_INTERRUPTED with the signal
+ *   handler's exception set -- the only return with an exception. */
 EG_FUNC int eg_event_wait(eg_event *ev, double timeout_s);
 
 /* eg_event_fileno: a file descriptor that is readable while the event is

@@ -182,7 +182,9 @@ public:
     int error() const noexcept { return rc_; }
 
     // Any thread but this one: 0 once ended (also when phase 1 joined it),
-    // -ETIMEDOUT (still running; try again later).  timeout_s < 0: forever.
+    // -ETIMEDOUT (still running; try again later), -ESHUTDOWN (phase 1
+    // abandoned it at exit: the handle is given up at once, the body kept
+    // alive for the thread).  timeout_s < 0: forever.
     int join(double timeout_s = -1.0) noexcept
     {
         if (t_ == nullptr) {
@@ -192,6 +194,12 @@ public:
         if (rc == 0) {
             t_ = nullptr;
             body_.reset();
+        }
+        else if (rc == -ESHUTDOWN) {
+            // Abandoned at exit and maybe still running its body: give the
+            // handle up and leave the body alive for it -- never block.
+            t_ = nullptr;
+            (void)body_.release();
         }
         return rc;
     }

@@ -249,10 +249,14 @@ int eg__registry_sweep(eg__interp *in, PyObject *tally);
 typedef struct {
     pthread_mutex_t lock;        /* protects everything below */
     pthread_cond_t done_cond;    /* a running stopper finished */
+    pthread_cond_t watch_cond;   /* the watchdog's (CLOCK_MONOTONIC) */
     struct eg_stopper *first;    /* registration order, oldest first */
     uint64_t next_seq;
     size_t count;                /* registered and not yet run */
     int phase1_done;             /* late registrations are refused */
+    struct eg_stopper *current;  /* running now, for the watchdog */
+    struct timespec current_deadline;
+    int watching, watch_stop;    /* the watchdog thread's life */
 } eg__stoppers;
 
 void eg__stoppers_init(eg__stoppers *st);
@@ -260,10 +264,12 @@ void eg__stoppers_after_fork_child(eg__stoppers *st);
 /* Attached: run every pending stopper, newest first honouring edges. */
 void eg__stoppers_run(eg__interp *in);
 /* Register an internal stopper: dtor(arg), called attached, runs when the
- * entry is freed; auto_free frees the entry right after it runs. */
+ * entry is freed; auto_free frees the entry right after it runs; `label`
+ * (copied; NULL: the stop function's symbol) names it in the watchdog's
+ * message. */
 eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
                                void *arg, void (*dtor)(void *),
-                               int auto_free, int *err);
+                               int auto_free, const char *label, int *err);
 size_t eg__stoppers_count(eg__interp *in);
 /* Record reuse: no stopper registered; reopen for registrations. */
 int eg__stoppers_reusable(eg__stoppers *st);
@@ -341,6 +347,8 @@ typedef struct {
 
 void eg__threads_init(eg__threads *th);
 void eg__threads_after_fork_child(eg__threads *th);
+/* Phase 1 begins: refuse new threads (-ESHUTDOWN), also from stoppers. */
+void eg__threads_close(eg__threads *th);
 /* Phase 1, attached: ask every registered thread to stop and join them,
  * GIL released, within timeout_s in all; name the ones that did not end. */
 void eg__threads_stop_all(eg__interp *in, double timeout_s);

@@ -72,6 +72,31 @@ exitstopper_entry_dtor(void *arg)
     Py_DECREF((PyObject *)arg);
 }
 
+/* Attached: "module.qualname" of a callable (or its repr), for messages.
+ * Never fails: errors are cleared and a placeholder is used. */
+static void
+eg__callable_label(PyObject *fn, char *buf, size_t cap)
+{
+    PyObject *qual = PyObject_GetAttrString(fn, "__qualname__");
+    PyObject *mod = qual ? PyObject_GetAttrString(fn, "__module__") : NULL;
+    PyObject *text = NULL;
+    if (qual != NULL && PyUnicode_Check(qual)) {
+        text = (mod != NULL && PyUnicode_Check(mod))
+            ? PyUnicode_FromFormat("%U.%U", mod, qual) : Py_NewRef(qual);
+    }
+    PyErr_Clear();
+    if (text == NULL) {
+        text = PyObject_Repr(fn);
+        PyErr_Clear();
+    }
+    const char *utf8 = text ? PyUnicode_AsUTF8(text) : NULL;
+    PyErr_Clear();
+    snprintf(buf, cap, "%s", utf8 ? utf8 : "<a Python callable>");
+    Py_XDECREF(text);
+    Py_XDECREF(mod);
+    Py_XDECREF(qual);
+}
+
 static PyObject *
 exitstopper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -108,12 +133,16 @@ exitstopper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         }
     }
     eg__decref_maybe_drain(st->rec);
+    /* What the watchdog calls it if it blocks exit: module.qualname. */
+    char label[300];
+    eg__callable_label(callback, label, sizeof(label));
     /* The registry entry owns one reference: an ExitStopper whose result
      * the caller dropped must still run. */
     Py_INCREF(self);
     int err;
     eg_stopper *s = eg__stopper_add_ex(st->rec, exitstopper_run, self,
-                                       exitstopper_entry_dtor, 1, &err);
+                                       exitstopper_entry_dtor, 1, label,
+                                       &err);
     if (s == NULL) {
         Py_DECREF(self);
         if (err == -ENOMEM) {
@@ -451,7 +480,7 @@ event_wait(EventObject *self, PyObject *args, PyObject *kwargs)
         }
         return NULL;
     }
-    if (rc == -1) {
+    if (rc == EG_WAIT_INTERRUPTED) {
         return NULL;              /* KeyboardInterrupt or another handler error */
     }
     PyErr_Format(PyExc_OSError, "eg_event_wait: %s", eg_strerror(rc));
@@ -1090,10 +1119,16 @@ eg_exec(PyObject *module)
                                  (PyObject *)st->CompletionQueue_Type) < 0) {
         return -1;
     }
+    /* A SystemExit, not an Exception: a thread blocked in Event.wait() at
+     * exit unwinds all the way and ends quietly (threading's excepthook
+     * ignores SystemExit); `except Exception` loops do not swallow it and
+     * spin; code that wants to clean up catches StoppingError itself. */
     st->StoppingError = PyErr_NewExceptionWithDoc(
         "exitguard.StoppingError",
-        "A wait was ended because exitguard is stopping this interpreter.",
-        PyExc_RuntimeError, NULL);
+        "A wait was ended because exitguard is stopping this interpreter.\n\n"
+        "Derives from SystemExit: a thread that does not catch it ends "
+        "quietly.",
+        PyExc_SystemExit, NULL);
     if (st->StoppingError == NULL
         || PyModule_AddObjectRef(module, "StoppingError",
                                  st->StoppingError) < 0) {

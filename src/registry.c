@@ -414,6 +414,9 @@ eg_strerror(int err)
         return "resource temporarily unavailable";
     case -EBUSY:
         return "busy";
+    case -EINTR:
+        return "interrupted: a Python signal handler raised (its exception "
+               "is set)";
     default:
         return "unknown exitguard error";
     }

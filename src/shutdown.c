@@ -82,6 +82,9 @@ eg__phase1(eg__interp *in)
     uint64_t one = 1;
     ssize_t w = write(in->stop_efd, &one, sizeof(one));
     (void)w;
+    /* No new native thread from here, stoppers included: phase 1 would not
+     * join it (issue 11: a stopper's eg_thread_start returned 0). */
+    eg__threads_close(&in->threads);
     eg__stoppers_run(in);
     /* Then the registered native threads, after the stoppers: a stopper
      * may be what unblocks them.  They may still attach while finishing:

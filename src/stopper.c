@@ -31,12 +31,21 @@
  */
 #include "eg_internal.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 enum { EG_STOPPER_PENDING, EG_STOPPER_RUNNING, EG_STOPPER_DONE };
 
+/* A handle's magic: live until freed.  A second eg_stopper_remove of the
+ * same handle is told apart while the memory is not reused; debug builds
+ * never reuse it. */
+#define EG__STOPPER_LIVE 0x73746f7070657267ull
+#define EG__STOPPER_DEAD 0x646561647374706full
+
 struct eg_stopper {
+    uint64_t magic;
     eg__interp *interp;
     void (*stop)(void *arg);
     void *arg;
@@ -46,27 +55,40 @@ struct eg_stopper {
     int removed;                 /* remove() asked from its own callback */
     int waiters;                 /* remove() calls waiting for DONE */
     int auto_free;
+    int reported;                /* the watchdog named it already */
+    char *label;                 /* what to call it (NULL: its symbol) */
     pthread_t runner;            /* valid while RUNNING */
     struct eg_stopper *prev, *next;
     struct eg_stopper **preds;   /* must be DONE (or gone) before this runs */
     size_t npreds, cap_preds;
 };
 
+static void
+eg__stoppers_init_locks(eg__stoppers *st)
+{
+    pthread_condattr_t attr;
+    if (pthread_mutex_init(&st->lock, NULL) != 0
+            || pthread_cond_init(&st->done_cond, NULL) != 0
+            || pthread_condattr_init(&attr) != 0
+            || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0
+            || pthread_cond_init(&st->watch_cond, &attr) != 0) {
+        abort();
+    }
+    pthread_condattr_destroy(&attr);
+}
+
 void
 eg__stoppers_init(eg__stoppers *st)
 {
     memset(st, 0, sizeof(*st));
-    if (pthread_mutex_init(&st->lock, NULL) != 0
-            || pthread_cond_init(&st->done_cond, NULL) != 0) {
-        abort();
-    }
+    eg__stoppers_init_locks(st);
 }
 
 int
 eg__stoppers_reusable(eg__stoppers *st)
 {
     eg__mutex_lock(&st->lock);
-    int empty = st->first == NULL;
+    int empty = st->first == NULL && !st->watching;
     eg__mutex_unlock(&st->lock);
     return empty;
 }
@@ -84,11 +106,11 @@ void
 eg__stoppers_after_fork_child(eg__stoppers *st)
 {
     /* A stopper RUNNING at fork time ran on another thread: in the child
-     * it simply never finishes, so treat it as done. */
-    if (pthread_mutex_init(&st->lock, NULL) != 0
-            || pthread_cond_init(&st->done_cond, NULL) != 0) {
-        abort();
-    }
+     * it simply never finishes, so treat it as done.  The watchdog, if any,
+     * is gone with its thread. */
+    eg__stoppers_init_locks(st);
+    st->watching = 0;
+    st->current = NULL;
     for (struct eg_stopper *s = st->first; s != NULL; s = s->next) {
         if (s->state == EG_STOPPER_RUNNING) {
             s->state = EG_STOPPER_DONE;
@@ -126,23 +148,52 @@ eg__stopper_unlink(eg__stoppers *st, struct eg_stopper *s)
 static void
 eg__stopper_free(struct eg_stopper *s)
 {
+    s->magic = EG__STOPPER_DEAD;
     if (s->dtor != NULL) {
         s->dtor(s->arg);
     }
     free(s->preds);
+    free(s->label);
+    s->preds = NULL;
+    s->label = NULL;
+#ifndef EG_DEBUG
     free(s);
+#endif
+    /* EG_DEBUG: quarantined, so that a second remove is always caught. */
+}
+
+/* The handle is one of ours and not freed (as far as can be told).  Debug
+ * builds abort naming the misuse; release builds report 0. */
+static int
+eg__stopper_valid(const struct eg_stopper *s, const char *what)
+{
+    if (s->magic == EG__STOPPER_LIVE) {
+        return 1;
+    }
+#ifdef EG_DEBUG
+    (void)what;
+    eg__fatal("eg_stopper_remove()/eg_stopper_after() called on a stopper "
+              "that was already removed, or on a pointer that is not an "
+              "eg_stopper");
+#else
+    (void)what;
+#endif
+    return 0;
 }
 
 eg_stopper *
 eg__stopper_add_ex(eg__interp *in, void (*stop)(void *), void *arg,
-                   void (*dtor)(void *), int auto_free, int *err)
+                   void (*dtor)(void *), int auto_free, const char *label,
+                   int *err)
 {
     eg__stoppers *st = &in->stoppers;
     struct eg_stopper *s = calloc(1, sizeof(*s));
-    if (s == NULL) {
+    if (s == NULL || (label != NULL && (s->label = strdup(label)) == NULL)) {
+        free(s);
         *err = -ENOMEM;
         return NULL;
     }
+    s->magic = EG__STOPPER_LIVE;
     s->interp = in;
     s->stop = stop;
     s->arg = arg;
@@ -153,6 +204,7 @@ eg__stopper_add_ex(eg__interp *in, void (*stop)(void *), void *arg,
     eg__mutex_lock(&st->lock);
     if (st->phase1_done) {
         eg__mutex_unlock(&st->lock);
+        free(s->label);
         free(s);
         *err = -ESHUTDOWN;
         return NULL;
@@ -185,7 +237,7 @@ eg_stopper_add(void (*stop)(void *arg), void *arg)
     }
     eg__decref_maybe_drain(in);
     int err;
-    eg_stopper *s = eg__stopper_add_ex(in, stop, arg, NULL, 0, &err);
+    eg_stopper *s = eg__stopper_add_ex(in, stop, arg, NULL, 0, NULL, &err);
     if (s == NULL) {
         if (err == -ENOMEM) {
             PyErr_NoMemory();
@@ -222,6 +274,8 @@ int
 eg_stopper_after(eg_stopper *first, eg_stopper *then)
 {
     if (first == NULL || then == NULL || first == then
+            || !eg__stopper_valid(first, "after")
+            || !eg__stopper_valid(then, "after")
             || first->interp != then->interp) {
         return -EINVAL;
     }
@@ -260,11 +314,17 @@ done:
 void
 eg_stopper_remove(eg_stopper *s)
 {
-    if (s == NULL) {
+    if (s == NULL || !eg__stopper_valid(s, "remove")) {
         return;
     }
     eg__stoppers *st = &s->interp->stoppers;
     eg__mutex_lock(&st->lock);
+    if (s->removed) {
+        /* A second remove while its own callback still runs: the first
+         * one stands (the runner frees it). */
+        eg__mutex_unlock(&st->lock);
+        return;
+    }
     if (s->state == EG_STOPPER_RUNNING) {
         if (pthread_equal(s->runner, pthread_self())) {
             /* From inside its own callback: the runner frees it. */
@@ -317,11 +377,112 @@ eg__pick(eg__stoppers *st)
     return best;
 }
 
+/* ---- The watchdog ----------------------------------------------------------
+ *
+ * A stopper that never returns hangs exit -- exitguard cannot interrupt C
+ * code -- but the hang must name its cause.  While phase 1 runs stoppers, a
+ * helper thread watches the one running now; when it has run for
+ * EXITGUARD_JOIN_TIMEOUT seconds it prints what it is (a Python stopper's
+ * module and qualified name, a C stopper's symbol and library, resolved with
+ * dladdr), once.  No GIL, libc only: the phase thread holds the GIL, in the
+ * stopper. */
+
+/* Under the lock: print what `s` is.  CAUTION: no thread state. */
+static void
+eg__stopper_name_it(struct eg_stopper *s, double timeout_s)
+{
+    char where[512];
+    if (s->label != NULL) {
+        snprintf(where, sizeof(where), "%s", s->label);
+    }
+    else {
+        /* A static function has no dynamic symbol: then the library and
+         * the offset in it, which addr2line turns into a file and line. */
+        Dl_info info;
+        memset(&info, 0, sizeof(info));
+        int found = dladdr((void *)(uintptr_t)s->stop, &info) != 0;
+        const char *lib = found && info.dli_fname
+            ? (strrchr(info.dli_fname, '/') ? strrchr(info.dli_fname, '/') + 1
+                                            : info.dli_fname)
+            : "?";
+        if (found && info.dli_sname != NULL) {
+            snprintf(where, sizeof(where), "%s (%s)", info.dli_sname, lib);
+        }
+        else if (found) {
+            snprintf(where, sizeof(where), "a C function at %s+0x%lx", lib,
+                     (unsigned long)((uintptr_t)s->stop
+                                     - (uintptr_t)info.dli_fbase));
+        }
+        else {
+            snprintf(where, sizeof(where), "a C function at %p",
+                     (void *)(uintptr_t)s->stop);
+        }
+    }
+    fprintf(stderr, "exitguard: exit stopper %s has been running for %.1f s "
+            "(EXITGUARD_JOIN_TIMEOUT) in interpreter %lld; exit waits for "
+            "it\n", where, timeout_s, (long long)s->interp->id);
+    fflush(stderr);
+}
+
+static void *
+eg__watchdog_main(void *arg)
+{
+    eg__stoppers *st = arg;
+    eg__mutex_lock(&st->lock);
+    while (!st->watch_stop) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        struct eg_stopper *s = st->current;
+        int due = s != NULL && !s->reported
+            && (now.tv_sec > st->current_deadline.tv_sec
+                || (now.tv_sec == st->current_deadline.tv_sec
+                    && now.tv_nsec >= st->current_deadline.tv_nsec));
+        if (due) {
+            s->reported = 1;
+            eg__stopper_name_it(s, eg__join_timeout);
+            continue;
+        }
+        struct timespec until = (s != NULL && !s->reported)
+            ? st->current_deadline : eg__deadline(-1);
+        (void)pthread_cond_timedwait(&st->watch_cond, &st->lock, &until);
+    }
+    st->watching = 0;
+    pthread_cond_broadcast(&st->watch_cond);
+    eg__mutex_unlock(&st->lock);
+    return NULL;
+}
+
+/* Under the lock: start the watchdog once (detached: it needs nothing to
+ * be joined, and ends when told).  Without it exit still works. */
+static void
+eg__watchdog_start(eg__stoppers *st)
+{
+    if (st->watching) {
+        return;
+    }
+    st->watch_stop = 0;
+    pthread_t tid;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) == 0) {
+        (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        if (pthread_create(&tid, &attr, eg__watchdog_main, st) == 0) {
+            st->watching = 1;
+#if defined(__linux__)
+            (void)pthread_setname_np(tid, "eg-watchdog");
+#endif
+        }
+        pthread_attr_destroy(&attr);
+    }
+}
+
 void
 eg__stoppers_run(eg__interp *in)
 {
     eg__stoppers *st = &in->stoppers;
     eg__mutex_lock(&st->lock);
+    if (st->first != NULL) {
+        eg__watchdog_start(st);
+    }
     for (;;) {
         struct eg_stopper *s = eg__pick(st);
         if (s == NULL) {
@@ -330,6 +491,9 @@ eg__stoppers_run(eg__interp *in)
         s->state = EG_STOPPER_RUNNING;
         s->runner = pthread_self();
         st->count--;
+        st->current = s;
+        st->current_deadline = eg__deadline(eg__join_timeout);
+        pthread_cond_broadcast(&st->watch_cond);
         eg__mutex_unlock(&st->lock);
 
         s->stop(s->arg);
@@ -340,6 +504,7 @@ eg__stoppers_run(eg__interp *in)
         }
 
         eg__mutex_lock(&st->lock);
+        st->current = NULL;
         s->state = EG_STOPPER_DONE;
         pthread_cond_broadcast(&st->done_cond);
         if (s->removed || (s->auto_free && s->waiters == 0)) {
@@ -352,6 +517,8 @@ eg__stoppers_run(eg__interp *in)
     /* Every stopper has run; edges cannot block one (cycles are refused
      * and a RUNNING predecessor is impossible here).  Close the list. */
     st->phase1_done = 1;
+    st->watch_stop = 1;
+    pthread_cond_broadcast(&st->watch_cond);
     eg__mutex_unlock(&st->lock);
 }
 

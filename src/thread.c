@@ -36,9 +36,15 @@
 
 double eg__join_timeout = 10.0;
 
+/* A handle's magic: live until freed.  A join of a freed handle is told
+ * apart while the memory is not reused; debug builds never reuse it. */
+#define EG__THREAD_LIVE 0x7468726561646567ull   /* "egdaerht" */
+#define EG__THREAD_DEAD 0x646165646164656cull
+
 struct eg_thread {
+    uint64_t magic;
     eg__interp *interp;
-    char name[16];
+    char *name;                  /* whole, as given (the OS name keeps 15) */
     void (*run)(void *arg);
     void (*request_stop)(void *arg);
     int (*join_cb)(void *arg, double timeout_s);   /* adopted threads */
@@ -52,6 +58,7 @@ struct eg_thread {
     int ended;
     int reap_claimed;
     int reaped;
+    int owner_gone;              /* eg_thread_join gave the handle up */
     struct eg_thread *prev, *next;
 };
 
@@ -144,15 +151,27 @@ eg__thread_alloc(eg__interp *in, const char *name, void *arg)
     if (t == NULL) {
         return NULL;
     }
+    t->magic = EG__THREAD_LIVE;
     t->interp = in;
     t->arg = arg;
-    if (name != NULL) {
-        strncpy(t->name, name, sizeof(t->name) - 1);
-    }
-    else {
-        strcpy(t->name, "eg-thread");
+    t->name = strdup(name != NULL ? name : "eg-thread");
+    if (t->name == NULL) {
+        free(t);
+        return NULL;
     }
     return t;
+}
+
+static void
+eg__thread_free(struct eg_thread *t)
+{
+    t->magic = EG__THREAD_DEAD;
+    free(t->name);
+    t->name = NULL;
+#ifndef EG_DEBUG
+    free(t);
+#endif
+    /* EG_DEBUG: quarantined, so that a second join is always caught. */
 }
 
 /* Under the lock: add to the registry (it and the owner hold refs). */
@@ -208,13 +227,16 @@ eg__thread_register_new(eg_thread **out, const char *name, void *arg,
             goto done;
         }
 #if defined(__linux__)
-        (void)pthread_setname_np(t->tid, t->name);
+        /* The OS keeps 15 bytes; messages use the whole name. */
+        char os_name[16];
+        snprintf(os_name, sizeof(os_name), "%s", t->name);
+        (void)pthread_setname_np(t->tid, os_name);
 #endif
     }
 done:
     eg__mutex_unlock(&th->lock);
     if (rc < 0) {
-        free(t);
+        eg__thread_free(t);
         return rc;
     }
     *out = t;
@@ -259,15 +281,23 @@ eg__thread_self_abandoned(void)
 }
 
 /* Wait until t ended and was reaped, or the deadline.  Lock held on entry
- * and exit; no GIL.  Returns 0 or -ETIMEDOUT. */
+ * and exit; no GIL.  Returns 0, -ETIMEDOUT, or (owner's joins, `owner`)
+ * -ESHUTDOWN as soon as phase 1 abandoned the thread: nothing waits for an
+ * abandoned thread, ever. */
 static int
 eg__wait_reaped(eg__threads *th, struct eg_thread *t,
-                const struct timespec *deadline)
+                const struct timespec *deadline, int owner)
 {
     while (!t->ended) {
+        if (owner && atomic_load_explicit(&t->abandoned,
+                                          memory_order_relaxed)) {
+            return -ESHUTDOWN;
+        }
         if (pthread_cond_timedwait(&th->cond, &th->lock, deadline)
                 == ETIMEDOUT && !t->ended) {
-            return -ETIMEDOUT;
+            return owner && atomic_load_explicit(&t->abandoned,
+                                                 memory_order_relaxed)
+                ? -ESHUTDOWN : -ETIMEDOUT;
         }
     }
     if (!t->reap_claimed) {
@@ -295,10 +325,22 @@ eg_thread_join(eg_thread *t, double timeout_s)
     if (t == NULL || isnan(timeout_s) || t == eg__self) {
         return -EINVAL;
     }
+    if (t->magic != EG__THREAD_LIVE) {
+#ifdef EG_DEBUG
+        eg__fatal("eg_thread_join() called on a handle that was already "
+                  "joined, or given up after its thread was abandoned at "
+                  "exit, or that is not an eg_thread");
+#endif
+        return -EINVAL;
+    }
     eg__threads *th = &t->interp->threads;
     PyThreadState *save = eg__tstate_attached() ? eg__wait_begin() : NULL;
     int rc;
-    if (t->join_cb != NULL) {
+    if (atomic_load_explicit(&t->abandoned, memory_order_relaxed)) {
+        eg__mutex_lock(&th->lock);
+        rc = -ESHUTDOWN;                 /* given up below, without waiting */
+    }
+    else if (t->join_cb != NULL) {
         rc = t->join_cb(t->arg, timeout_s);
         eg__mutex_lock(&th->lock);
         if (rc == 0 && !t->ended) {
@@ -309,19 +351,35 @@ eg_thread_join(eg_thread *t, double timeout_s)
     else {
         struct timespec deadline = eg__deadline(timeout_s);
         eg__mutex_lock(&th->lock);
-        rc = eg__wait_reaped(th, t, &deadline);
+        rc = eg__wait_reaped(th, t, &deadline, 1);
     }
     int free_it = 0;
     if (rc == 0) {
         eg__unregister(th, t);
         free_it = eg__unref(t);          /* the owner's reference */
     }
+    else if (rc == -ESHUTDOWN && !t->owner_gone) {
+        /* Abandoned at exit and maybe still running: the owner gives the
+         * handle up (the thread may still read it, so it is never freed)
+         * and nothing blocks -- a C++ ~thread(), a close() -- on it. */
+        t->owner_gone = 1;
+        t->magic = EG__THREAD_DEAD;
+        (void)eg__unref(t);              /* the registry keeps its own */
+    }
     eg__mutex_unlock(&th->lock);
     if (free_it) {
-        free(t);
+        eg__thread_free(t);
     }
     eg__wait_end(save);
     return rc < 0 ? rc : 0;
+}
+
+void
+eg__threads_close(eg__threads *th)
+{
+    eg__mutex_lock(&th->lock);
+    th->closed = 1;
+    eg__mutex_unlock(&th->lock);
 }
 
 void
@@ -378,10 +436,12 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
         }
         else {
             eg__mutex_lock(&th->lock);
-            rc = eg__wait_reaped(th, t, &deadline);
+            rc = eg__wait_reaped(th, t, &deadline, 0);
         }
         if (rc < 0) {
             atomic_store(&t->abandoned, 1);
+            /* An owner waiting in eg_thread_join gives up at once. */
+            pthread_cond_broadcast(&th->cond);
             fprintf(stderr, "exitguard: native thread '%s' did not stop "
                     "within %.1f s (EXITGUARD_JOIN_TIMEOUT); exit continues "
                     "without it, and it can no longer attach\n",
@@ -393,7 +453,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
         int free_it = eg__unref(t);
         eg__mutex_unlock(&th->lock);
         if (free_it) {
-            free(t);
+            eg__thread_free(t);
         }
     }
     EG__END_WAIT

@@ -145,7 +145,7 @@ eg_event_wait(eg_event *ev, double timeout_s)
             return EG_WAIT_STOPPING;
         }
         if (PyErr_CheckSignals() < 0) {
-            return -1;
+            return EG_WAIT_INTERRUPTED;     /* the handler's exception is set */
         }
         int ms = -1;
         if (deadline >= 0) {

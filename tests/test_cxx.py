@@ -77,3 +77,65 @@ def test_cxx_pool_exits_cleanly_mid_work(run_py, cxxpool_dir):
     # Every task either ran or was dropped by the stopper; none leaked.
     assert d["ran"] + d["dropped_at_stop"] + d["refused"] == 20000, res.describe()
     assert d["stats"]["refs_live"] == 0 and d["stats"]["decref_dropped"] == 0
+
+
+STATIC_THREAD = r"""
+// A namespace-scope exitguard::thread whose body never looks at its stop request: phase 1
+// abandons it, and its destructor runs at static destruction, after Py_Finalize.
+#include <exitguard.hpp>
+#include <chrono>
+#include <thread>
+
+static exitguard::thread worker;
+
+static PyObject *start(PyObject *, PyObject *)
+{
+    worker = exitguard::thread::start("cxx-static-worker-that-ignores-stop", [] {
+        for (;;) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    });
+    return PyBool_FromLong(worker.ok());
+}
+
+static PyMethodDef methods[] = {{"start", start, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
+
+static int exec_module(PyObject *) { return eg_import(); }
+
+static PyModuleDef_Slot slots[] = {{Py_mod_exec, (void *)exec_module}, {0, nullptr}};
+
+static PyModuleDef def = {PyModuleDef_HEAD_INIT, "cxxstatic", nullptr, 0, methods, slots,
+                          nullptr, nullptr, nullptr};
+
+PyMODINIT_FUNC PyInit_cxxstatic(void) { return PyModuleDef_Init(&def); }
+"""
+
+
+def test_static_thread_abandoned_at_exit_does_not_hang_static_destruction(run_py, tmp_path):
+    """exitguard::thread's destructor joins; once phase 1 abandoned the thread, that
+    join returns -ESHUTDOWN at once and the destructor gives the handle up, so static
+    destruction -- after Py_Finalize -- does not hang (issue 11 item 2)."""
+    (tmp_path / "cxxstatic.cpp").write_text(STATIC_THREAD)
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import Extension, setup\n"
+        "setup(name='cxxstatic', ext_modules=[Extension('cxxstatic', ['cxxstatic.cpp'], "
+        "include_dirs=[%r], language='c++', "
+        "extra_compile_args=['-std=c++17', '-Wall', '-Wextra', '-Werror'], "
+        "extra_link_args=['-pthread'])])\n" % exitguard.get_include()
+    )
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    res = run_py(
+        """
+        import sys
+        sys.path.insert(0, %r)
+        import exitguard, cxxstatic
+        assert cxxstatic.start()
+        """ % str(tmp_path),
+        env={"EXITGUARD_JOIN_TIMEOUT": "1"},
+        timeout=30,
+    )
+    assert_clean(res)
+    assert "native thread 'cxx-static-worker-that-ignores-stop' did not stop within 1.0 s" in res.stderr, res.describe()
+    assert res.elapsed < 8, res.describe()

@@ -45,3 +45,39 @@ def test_double_release_is_fatal_in_debug_builds(run_py, debug_build):
     assert res.returncode == -6, res.describe()          # abort()
     assert "exitguard: fatal: eg_ref_release() called on an eg_ref that was already released (double release)" in res.stderr
     assert "not reached" not in res.stdout
+
+
+def _run_debug(run_py, debug_build, body):
+    return run_py(
+        """
+        import sys
+        sys.path.insert(0, %r)
+        import exitguard
+        assert "debug" in exitguard._core.__file__
+        import egtest
+        """ % debug_build + body,
+    )
+
+
+def test_double_stopper_remove_is_fatal_in_debug_builds(run_py, debug_build):
+    res = _run_debug(run_py, debug_build, """
+        h = egtest.c_stopper("x", [])
+        egtest.stopper_remove(h)
+        egtest.stopper_remove(h)
+        print("not reached")
+        """)
+    assert res.returncode == -6, res.describe()
+    assert "exitguard: fatal: eg_stopper_remove()/eg_stopper_after() called on a stopper that was already removed" in res.stderr, res.describe()
+    assert "not reached" not in res.stdout
+
+
+def test_double_thread_join_is_fatal_in_debug_builds(run_py, debug_build):
+    res = _run_debug(run_py, debug_build, """
+        h = egtest.quick_thread()
+        assert egtest.thread_join(h, 5) == 0
+        egtest.thread_join(h, 5)
+        print("not reached")
+        """)
+    assert res.returncode == -6, res.describe()
+    assert "exitguard: fatal: eg_thread_join() called on a handle that was already joined" in res.stderr, res.describe()
+    assert "not reached" not in res.stdout

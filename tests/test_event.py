@@ -136,3 +136,29 @@ def test_wait_in_progress_when_exit_begins_returns_stopping(run_py):
     assert_clean(res)
     assert res.data["seen"] == ["stopping"]
     assert res.elapsed < 20
+
+
+@pytest.mark.parametrize("shape", ["wait", "poll"])
+def test_waiter_ended_by_the_stopper_ends_quietly(run_py, shape):
+    """A non-daemon Python thread blocked in Event.wait() -- or polling it -- at exit is
+    ended by phase 1 without a traceback (StoppingError is a SystemExit, which threading
+    ignores); the exit code is the script's (issue 11 item 11)."""
+    body = "ev.wait()" if shape == "wait" else "while not ev.wait(0.1):\n                pass"
+    res = run_py(
+        """
+        import threading, exitguard, sys
+        ev = exitguard.Event()
+        started = threading.Event()
+        def worker():
+            started.set()
+            %s
+        t = threading.Thread(target=worker)     # non-daemon: exit joins it
+        t.start()
+        started.wait()
+        sys.exit(4)
+        """ % body,
+        timeout=30,
+    )
+    assert_clean(res, 4)
+    assert "StoppingError" not in res.stderr and "Exception in thread" not in res.stderr, res.describe()
+    assert res.elapsed < 10

@@ -262,3 +262,45 @@ def test_guards_keep_a_finalizing_interpreter_out_even_without_phase_2(run_py):
     assert d["ll_in_ensure"] == 0, res.describe()
     assert d["ll_refused"] > 0, res.describe()
     assert res.elapsed < 10, res.describe()
+
+
+def test_joining_an_abandoned_thread_returns_at_once(run_py):
+    """Phase 1 abandons a stubborn thread; its owner's later join -- an atexit handler,
+    a C++ static destructor -- returns -ESHUTDOWN at once instead of waiting for ever
+    (issue 11 item 2), and the thread's whole name is printed (item 13: the OS keeps 15
+    bytes of it)."""
+    res = run_py(
+        """
+        import scenario, errno, time, exitguard, egtest
+        name = "stubborn-native-worker-with-a-long-name"
+        h = egtest.stubborn_thread(name)
+        @scenario.at_exit
+        def report():
+            t0 = time.monotonic()
+            rc = egtest.thread_join(h, -1)          # after phase 1 abandoned it
+            return {"rc": rc, "took": time.monotonic() - t0, "ESHUTDOWN": -errno.ESHUTDOWN}
+        """,
+        env={"EXITGUARD_JOIN_TIMEOUT": "1"},
+        timeout=30,
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["rc"] == d["ESHUTDOWN"] and d["took"] < 1, res.describe()
+    assert "native thread 'stubborn-native-worker-with-a-long-name' did not stop" in res.stderr, res.describe()
+
+
+def test_joining_a_joined_thread_is_an_error_not_a_crash(run_py):
+    """A second eg_thread_join of a handle returns -EINVAL in a release build (a debug
+    build aborts naming it, tests/test_debug_build.py)."""
+    res = run_py(
+        """
+        import json, errno, egtest
+        h = egtest.quick_thread()
+        first = egtest.thread_join(h, 5)
+        second = egtest.thread_join(h, 5)
+        print(json.dumps({"first": first, "second": second, "EINVAL": -errno.EINVAL}))
+        """
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["first"] == 0 and d["second"] == d["EINVAL"], res.describe()

@@ -187,3 +187,57 @@ def test_stopper_callback_runs_once_even_if_phases_called_again(run_py):
     )
     assert_clean(res)
     assert res.data["order"] == ["x"]
+
+
+def test_thread_started_by_a_stopper_is_refused(run_py):
+    """eg_thread_start from inside a running stopper returns -ESHUTDOWN, as documented:
+    phase 1 would never join that thread (issue 11 item 10; it returned 0)."""
+    res = run_py(
+        """
+        import scenario, errno, exitguard, egtest
+        scenario.at_exit(lambda: {"rc": egtest.stopper_thread_rc(), "ESHUTDOWN": -errno.ESHUTDOWN})
+        egtest.c_stopper_starting_thread()
+        """
+    )
+    assert_clean(res)
+    assert res.data["rc"] == res.data["ESHUTDOWN"], res.describe()
+
+
+def test_removing_a_stopper_twice_is_harmless(run_py):
+    """A second eg_stopper_remove of the same handle is a bug; a release build ignores
+    it when it can tell (tests/test_debug_build.py: a debug build aborts naming it)."""
+    res = run_py(
+        """
+        import scenario, egtest
+        log = []
+        scenario.at_exit(lambda: {"log": log})
+        h = egtest.c_stopper("never", log)
+        egtest.stopper_remove(h)
+        egtest.stopper_remove(h)
+        """
+    )
+    assert_clean(res)
+    assert res.data["log"] == []
+
+
+def test_a_blocking_stopper_is_named(run_py):
+    """A stopper still running after EXITGUARD_JOIN_TIMEOUT is named on stderr -- a
+    Python one by module and qualified name, a C one by its library and offset -- so a
+    hang at exit names its cause (issue 11 item 14).  Exit then goes on once it
+    returns."""
+    res = run_py(
+        """
+        import time, exitguard, egtest
+        def slow_python_stopper():
+            time.sleep(2.5)
+        exitguard.exit_stopper(slow_python_stopper)
+        egtest.c_blocking_stopper(2.5)
+        """,
+        env={"EXITGUARD_JOIN_TIMEOUT": "1"},
+        timeout=30,
+    )
+    assert_clean(res)
+    assert "exit stopper __main__.slow_python_stopper has been running for 1.0 s" in res.stderr, res.describe()
+    assert "exit stopper a C function at egtest" in res.stderr, res.describe()
+    assert res.stderr.count("has been running for") == 2
+    assert 5 <= res.elapsed < 15

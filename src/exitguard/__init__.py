@@ -36,6 +36,33 @@ __all__ = [
 ]
 
 
+def _quiet_stopping_threads():
+    """Let a thread ended by :class:`StoppingError` end quietly.
+
+    threading's default excepthook stays silent only for ``SystemExit`` itself,
+    not for its subclasses; this wraps whatever ``threading.excepthook`` is set
+    when exitguard is imported, once per interpreter, so that a thread whose
+    wait phase 1 ended prints no traceback.  A hook installed later replaces
+    this one (and then sees StoppingError like any other exception).
+    """
+    import threading
+
+    prev = threading.excepthook
+    if getattr(prev, "_exitguard_quiet", False):
+        return
+
+    def excepthook(args, /):
+        if args.exc_type is not None and issubclass(args.exc_type, StoppingError):
+            return
+        prev(args)
+
+    excepthook._exitguard_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = excepthook
+
+
+_quiet_stopping_threads()
+
+
 def exit_stopper(callback, /, *args, **kwargs):
     """Run ``callback(*args, **kwargs)`` at exit, before non-daemon threads are joined.
 

@@ -50,6 +50,13 @@ py_to_handle(PyObject *o)
     return PyLong_AsVoidPtr(o);
 }
 
+static void
+sleep_us(int us)
+{
+    struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
 /* ---- references -------------------------------------------------------- */
 
 static PyObject *
@@ -319,6 +326,60 @@ t_c_stopper(PyObject *m, PyObject *args)
     return handle_to_py(s);
 }
 
+/* c_stopper_starting_thread(): a C stopper that tries eg_thread_start from
+ * inside phase 1; the result is kept for stopper_thread_rc(). */
+static atomic_int stopper_thread_rc = 1;
+
+static void
+cstop_noop_run(void *arg)
+{
+    (void)arg;
+}
+
+static void
+cstop_start_thread(void *arg)
+{
+    (void)arg;
+    eg_thread *t = NULL;
+    atomic_store(&stopper_thread_rc,
+                 eg_thread_start(&t, "too-late", cstop_noop_run, NULL, NULL));
+}
+
+static PyObject *
+t_c_stopper_starting_thread(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    eg_stopper *s = eg_stopper_add(cstop_start_thread, NULL);
+    return s ? handle_to_py(s) : NULL;
+}
+
+static PyObject *
+t_stopper_thread_rc(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return PyLong_FromLong(atomic_load(&stopper_thread_rc));
+}
+
+/* c_blocking_stopper(seconds): a C stopper that blocks phase 1 (it sleeps,
+ * holding the GIL: a stopper that forgot to release it). */
+static void
+cstop_block(void *arg)
+{
+    sleep_us((int)(intptr_t)arg);
+}
+
+static PyObject *
+t_c_blocking_stopper(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    double secs = PyFloat_AsDouble(arg);
+    if (secs == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    eg_stopper *s = eg_stopper_add(cstop_block, (void *)(intptr_t)(secs * 1e6));
+    return s ? handle_to_py(s) : NULL;
+}
+
 static PyObject *
 t_stopper_after(PyObject *m, PyObject *args)
 {
@@ -378,12 +439,6 @@ typedef struct {
     eg_thread *t;
 } attacher_t;
 
-static void
-sleep_us(int us)
-{
-    struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
-    nanosleep(&ts, NULL);
-}
 
 /* Loop: attach, call the callback, release.  Runs without the GIL. */
 static void
@@ -1002,6 +1057,50 @@ t_capi_subinterp_cycles(PyObject *m, PyObject *args, PyObject *kw)
         "rss_warm_kib", rss_warm, "rss_end_kib", rss_kib());
 }
 
+/* quick_thread(): a registered thread that ends at once (for joins). */
+static PyObject *
+t_quick_thread(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    eg_thread *t;
+    int rc = eg_thread_start(&t, "quick", cstop_noop_run, NULL, NULL);
+    if (rc < 0) {
+        PyErr_Format(PyExc_RuntimeError, "eg_thread_start: %s",
+                     eg_strerror(rc));
+        return NULL;
+    }
+    return handle_to_py(t);
+}
+
+/* stubborn_thread(name): a registered thread that never looks at its stop
+ * request (it sleeps until the process ends): phase 1 abandons it. */
+static void
+stubborn_run(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        sleep_us(100000);
+    }
+}
+
+static PyObject *
+t_stubborn_thread(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) {
+        return NULL;
+    }
+    eg_thread *t;
+    int rc = eg_thread_start(&t, name, stubborn_run, NULL, NULL);
+    if (rc < 0) {
+        PyErr_Format(PyExc_RuntimeError, "eg_thread_start: %s",
+                     eg_strerror(rc));
+        return NULL;
+    }
+    return handle_to_py(t);
+}
+
 /* A registered thread blocked in native work (a pipe read) that only its
  * request_stop can unblock. */
 typedef struct {
@@ -1377,7 +1476,7 @@ t_event_wait(PyObject *m, PyObject *arg)
         return PyErr_NoMemory();
     }
     int rc = eg_event_wait(the_event, timeout);
-    if (rc == -1) {
+    if (rc == EG_WAIT_INTERRUPTED) {
         return NULL;         /* the signal handler's exception */
     }
     return PyLong_FromLong(rc);
@@ -1726,6 +1825,11 @@ static PyMethodDef methods[] = {
     {"churned", t_churned, METH_NOARGS, NULL},
     {"stash_get", t_stash_get, METH_NOARGS, NULL},
     {"report_at_exit", t_report_at_exit, METH_NOARGS, NULL},
+    {"c_stopper_starting_thread", t_c_stopper_starting_thread, METH_NOARGS, NULL},
+    {"stopper_thread_rc", t_stopper_thread_rc, METH_NOARGS, NULL},
+    {"c_blocking_stopper", t_c_blocking_stopper, METH_O, NULL},
+    {"quick_thread", t_quick_thread, METH_NOARGS, NULL},
+    {"stubborn_thread", t_stubborn_thread, METH_O, NULL},
     {"capi_subinterp_cycles", (PyCFunction)(void (*)(void))t_capi_subinterp_cycles,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"_capi_sub_work", t_capi_sub_work, METH_VARARGS, NULL},
