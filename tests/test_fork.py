@@ -90,6 +90,7 @@ print(json.dumps({"bad": bad, "forks": forks, "churned": churn.churned()}))
 """
 
 
+@pytest.mark.timeout(900)      # 250 forks; a free-threaded build under load is slow
 def test_fork_200_times_under_native_load(run_py):
     """4 native threads attach, build GC-tracked lists and drop them without the GIL,
     as fast as they can, while the main thread forks 200 times; every child uses
