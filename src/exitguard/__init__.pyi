@@ -18,7 +18,9 @@ __all__ = [
     "StoppingError",
     "exit_stopper",
     "flush",
+    "get_cmake_dir",
     "get_include",
+    "get_pkgconfig_dir",
     "state",
     "stats",
     "valgrind_suppressions",
@@ -27,4 +29,6 @@ __all__ = [
 
 def exit_stopper(callback: Callable[..., Any], /, *args: Any, **kwargs: Any) -> ExitStopper: ...
 def get_include() -> str: ...
+def get_cmake_dir() -> str: ...
+def get_pkgconfig_dir() -> str: ...
 def valgrind_suppressions() -> str: ...
