@@ -33,9 +33,13 @@ $(VENV)/.deps:
 
 venv: $(VENV)/.deps
 
-# Reinstall every time so that C changes are always picked up.
+# Reinstall every time so that C changes are always picked up.  The wheel stays in
+# $(VENV)/wheelhouse: the tests that build the examples in isolation install exactly
+# this build of exitguard into their build environments (tests/isolated_build.py).
 install: $(VENV)/.deps
-	EG_WERROR=1 $(PIP) install --no-build-isolation --no-deps --force-reinstall .
+	rm -rf $(VENV)/wheelhouse
+	EG_WERROR=1 $(PIP) wheel --no-build-isolation --no-deps -w $(VENV)/wheelhouse .
+	$(PIP) install --no-deps --force-reinstall $(VENV)/wheelhouse/exitguard-*.whl
 
 TORTURE_RUNS ?= 200
 TORTURE_SEED ?=

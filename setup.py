@@ -6,10 +6,11 @@ Environment switches (read at build time):
   EG_SANITIZE=LIST       comma list of address, undefined, thread (thread excludes
                          address): adds -fsanitize=LIST to compile and link
   EG_WERROR=1            warnings are errors (the Makefile and CI set it)
-The public headers (include/) and valgrind.supp are copied into the package, so that exitguard.get_include() points
+The public headers (include/, the pybind11 and nanobind adapters among them) and
+valgrind.supp are copied into the package, so that exitguard.get_include() points
 at an installed exitguard.h; the pkg-config file is written from its template with
 the version of include/exitguard/version.h.  The CMake package (src/exitguard/cmake)
-is package data as it is.
+and the Cython declarations (__init__.pxd) are package data as they are.
 """
 
 import glob
@@ -93,7 +94,7 @@ setup(
     version=version(),
     package_dir={"": "src"},
     packages=["exitguard"],
-    package_data={"exitguard": ["py.typed", "*.pyi", "cmake/*.cmake"]},
+    package_data={"exitguard": ["py.typed", "*.pyi", "*.pxd", "cmake/*.cmake"]},
     # The template is in the sdist (MANIFEST.in); the wheel gets exitguard.pc.
     exclude_package_data={"exitguard": ["pkgconfig/*.in"]},
     ext_modules=[

@@ -127,5 +127,22 @@ def assert_clean(res, returncode=0, *, traceback_ok=False):
         assert "Traceback" not in res.stderr, res.describe()
 
 
+@pytest.fixture(scope="session")
+def example_builds(request, tmp_path_factory):
+    """Isolated pip builds of the examples that the selected tests use, made once, two at a time.
+
+    A test asks for an example with ``@pytest.mark.example(KEY)`` (keys:
+    isolated_build.BUILDS) and gets ``example_builds[KEY]``, a BuildResult.
+    """
+    import isolated_build
+
+    keys = sorted({m.args[0] for item in request.session.items for m in item.iter_markers("example")})
+    unknown = [k for k in keys if k not in isolated_build.BUILDS]
+    if unknown:
+        raise ValueError("unknown example build(s) %s; known: %s" % (unknown, sorted(isolated_build.BUILDS)))
+    scratch = str(tmp_path_factory.mktemp("examples"))
+    return isolated_build.build_examples(keys, scratch)
+
+
 def python_is_free_threaded():
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))

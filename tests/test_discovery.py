@@ -1,13 +1,13 @@
 """Discovery: python -m exitguard, get_cmake_dir(), get_pkgconfig_dir() and the files they name.
 
 Every tool reports the same version -- the installed package's, which is the headers'
-EG_VERSION_STRING -- and the same ABI as the capsule.  pkg-config is queried here when the
-machine has it.
+EG_VERSION_STRING -- and the same ABI as the capsule.  The CMake package is exercised by
+the scikit-build-core examples (tests/test_examples.py) and, for its version rules, by
+`make check-packaging`; pkg-config here and by the meson example.
 """
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -15,6 +15,7 @@ import sysconfig
 import pytest
 
 import exitguard
+import isolated_build
 
 
 def _cli(*args):
@@ -73,11 +74,13 @@ def test_cli_rejects_bad_usage_clearly(args, message):
 
 def test_installed_build_files():
     inc = exitguard.get_include()
-    for header in ("exitguard.h", "exitguard.hpp", os.path.join("exitguard", "version.h")):
+    for header in ("exitguard.h", "exitguard.hpp", os.path.join("exitguard", "version.h"),
+                   os.path.join("exitguard", "pybind11.h"), os.path.join("exitguard", "nanobind.h")):
         assert os.path.isfile(os.path.join(inc, header)), header
     cmake = exitguard.get_cmake_dir()
     for name in ("exitguardConfig.cmake", "exitguardConfigVersion.cmake"):
         assert os.path.isfile(os.path.join(cmake, name)), name
+    assert os.path.isfile(os.path.join(os.path.dirname(exitguard.__file__), "__init__.pxd"))
     with open(os.path.join(exitguard.get_pkgconfig_dir(), "exitguard.pc")) as f:
         pc = f.read()
     assert "\nVersion: %s\n" % exitguard.__version__ in pc, pc
@@ -86,13 +89,14 @@ def test_installed_build_files():
 
 
 def test_pkg_config_reports_the_same_version_and_folder():
-    program = shutil.which("pkg-config")
-    if program is None:
-        pytest.skip("no pkg-config program on this machine")
-    env = dict(os.environ, PKG_CONFIG_PATH=exitguard.get_pkgconfig_dir())
+    found = isolated_build.pkg_config()
+    if found is None:
+        pytest.skip(isolated_build.NO_PKG_CONFIG)
+    program, env = found
 
     def query(*args):
-        proc = subprocess.run([program] + list(args) + ["exitguard"], capture_output=True, text=True, env=env)
+        proc = subprocess.run([program] + list(args) + ["exitguard"], capture_output=True, text=True,
+                              env=dict(os.environ, **env))
         assert proc.returncode == 0, proc
         return proc.stdout.strip()
 

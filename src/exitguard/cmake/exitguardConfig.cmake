@@ -4,8 +4,8 @@
 #
 # Gives:
 #   exitguard::exitguard    INTERFACE target: the include folder holding
-#                           exitguard.h and exitguard.hpp.  Link it to your
-#                           extension:
+#                           exitguard.h, exitguard.hpp and the pybind11 and
+#                           nanobind adapters.  Link it to your extension:
 #                               target_link_libraries(ext PRIVATE exitguard::exitguard)
 #                           It carries no library: extensions reach exitguard
 #                           through its capsule (eg_import()), never by linking.
