@@ -11,7 +11,11 @@ Steps, each printed as PASS/FAIL (or NOT RUN, with the reason) with its time:
   wheel venv   the wheel installed in a fresh venv: tests/typed_user.py runs there
   sdist venv   the same from the sdist (a build from source in isolation)
   clients      in the wheel's venv, tests/test_examples.py, test_discovery.py and
-               test_stubs.py: every example built in isolation against that wheel
+               test_stubs.py: every example built in isolation against that wheel,
+               with the builds make test leaves to this step (isolated_build.ONCE)
+  adapters     exitguard/pybind11.h and nanobind.h compile with -Wall -Wextra -Werror
+               as C++17 and C++20 against the bindings from the index (the examples
+               build them as C++17 only)
   cmake        exitguardConfigVersion.cmake's rules, with a CMake from the index
   pkgconf      the pkg_config entry point: pkgconf-pypi finds exitguard.pc by itself
   mypy         mypy --strict on the stubs and on tests/typed_user.py
@@ -181,10 +185,33 @@ class Checks:
         run([self.wpy, "-m", "pip", "install", "-q", "pytest", "pytest-timeout"])
         proc = run([self.wpy, "-m", "pytest", "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT,
                     "-q", "test_examples.py", "test_discovery.py", "test_stubs.py"],
-                   cwd=HERE, env={"EXITGUARD_TEST_WHEELHOUSE": self.dist}, check=False)
+                   cwd=HERE, env={"EXITGUARD_TEST_WHEELHOUSE": self.dist, "EXITGUARD_TEST_ONCE_PER_RUN": "1"},
+                   check=False)
         print(textwrap.indent(_tail(proc.stdout, 12).rstrip(), "    "))
         if proc.returncode != 0:
             raise Failed(_tail(proc.stdout, 80) + proc.stderr)
+
+    def adapters(self):
+        run([self.wpy, "-m", "pip", "install", "-q", "pybind11", "nanobind"])
+        paths = run([self.wpy, "-c", "import exitguard, pybind11, nanobind, sysconfig; "
+                     "print(exitguard.get_include()); print(pybind11.get_include()); "
+                     "print(nanobind.include_dir()); print(sysconfig.get_paths()['include'])"]).stdout.split()
+        eg_inc, pb_inc, nb_inc, py_inc = paths
+        sources = {
+            "pybind11": "#include <pybind11/pybind11.h>\n#include <exitguard/pybind11.h>\n"
+                        "PYBIND11_MODULE(m, mod) { exitguard::py::import();\n"
+                        "  mod.def(\"f\", [](exitguard::py::object o) { return o; }); }\n",
+            "nanobind": "#include <nanobind/nanobind.h>\n#include <exitguard/nanobind.h>\n"
+                        "NB_MODULE(m, mod) { exitguard::nb::import();\n"
+                        "  mod.def(\"f\", [](exitguard::nb::object o) { return o; }); }\n",
+        }
+        for binding, text in sources.items():
+            src = os.path.join(self.work, "adapter_%s.cpp" % binding)
+            with open(src, "w") as f:
+                f.write(text)
+            for std in ("c++17", "c++20"):
+                run(["g++", "-std=" + std, "-fsyntax-only", "-Wall", "-Wextra", "-Werror",
+                     "-I", eg_inc, "-I", pb_inc if binding == "pybind11" else nb_inc, "-I", py_inc, src])
 
     def cmake(self):
         cmake = os.path.join(self.work, "tools", "bin", "cmake")
@@ -255,6 +282,13 @@ class Checks:
         if proc.returncode != 0 or not re.search(r"^0 errors", proc.stdout, re.M):
             raise Failed(proc.stdout + proc.stderr)
         print("    pyright (strict): %s" % proc.stdout.strip().splitlines()[-1])
+        # For the record, not a pass/fail criterion: the modules without stubs
+        # (leakcheck's CLI, the pytest plugin) are untyped on purpose.
+        bindir = os.path.dirname(self.wpy)
+        info = run([self.pyright, "--verifytypes", "exitguard", "--ignoreexternal"], cwd=self.work, check=False,
+                   env={"VIRTUAL_ENV": os.path.dirname(bindir), "PATH": bindir + os.pathsep + os.environ["PATH"]})
+        score = [l for l in info.stdout.splitlines() if l.startswith("Type completeness score")]
+        print("    pyright --verifytypes exitguard: %s" % (score[0] if score else "no score printed"))
 
 
 def _one(pattern):
@@ -278,6 +312,7 @@ def main():
         c.step("contents", c.contents)
         if c.step("wheel venv", c.wheel_venv):
             c.step("clients", c.clients)
+            c.step("adapters", c.adapters)
             c.step("cmake", c.cmake)
             c.step("pkgconf", c.pkgconf)
             c.step("mypy", c.mypy)

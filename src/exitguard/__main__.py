@@ -21,11 +21,12 @@ import argparse
 import shlex
 import sys
 import sysconfig
+from typing import Callable, Dict, List, Optional
 
 import exitguard
 
 
-def _python_includes():
+def _python_includes() -> List[str]:
     """Python's include folders, in the order its own config lists them, without repeats."""
     dirs = []
     for key in ("include", "platinclude"):
@@ -35,11 +36,11 @@ def _python_includes():
     return dirs
 
 
-def _flags(dirs):
+def _flags(dirs: List[str]) -> str:
     return " ".join("-I" + shlex.quote(d) for d in dirs)
 
 
-_QUERIES = {
+_QUERIES: Dict[str, Callable[[], str]] = {
     "version": lambda: exitguard.__version__,
     "abi": lambda: str(exitguard.ABI_VERSION),
     "includes": lambda: _flags([exitguard.get_include()] + _python_includes()),
@@ -50,7 +51,7 @@ _QUERIES = {
 }
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m exitguard",
         description="Print where exitguard's C API headers and build-system files are.",
