@@ -16,7 +16,6 @@ that uses exitguard's adapter.
 import errno
 import json
 import os
-import sys
 import textwrap
 
 import pytest
@@ -30,27 +29,6 @@ from exitguard.testing import CleanExitError, assert_clean_exit
 # final report takes milliseconds).
 CLEAN_TIMEOUT = 60
 NAIVE_TIMEOUT = 6
-
-# An exitguard bug, reported, not fixed here (the core is not this change's): a
-# thread exitguard did not start (std::thread, a raw pthread) that attached with
-# eg_gil_ensure() aborts a debug CPython when it ends.  Its cached thread state is
-# deleted by exitguard's pthread key destructor, which re-attaches it after glibc
-# has already cleared CPython's own gilstate key, and tstate_activate asserts
-# "tstate == gilstate_tss_get(...)" (seen on 3.14d: the same abort from
-# egtest.run_in_thread(0, "x = 1"); 3.15d did not abort here, release builds never
-# check).  Marked for exactly the interpreter where it was seen, strictly: the day the
-# bug is fixed these tests pass there and the marker must go; anywhere else the
-# abort is a plain failure.
-class ForeignThreadExitAbort(AssertionError):
-    """The scenario died of exactly that assertion (and of nothing else)."""
-
-
-FOREIGN_THREAD_EXIT_BUG = pytest.mark.xfail(
-    hasattr(sys, "gettotalrefcount") and sys.version_info[:2] == (3, 14), strict=True,
-    raises=ForeignThreadExitAbort,
-    reason="exitguard bug: a foreign thread that attached aborts a debug CPython when it exits "
-           "(pthread key destructor after glibc cleared the gilstate key)")
-
 
 def _built(example_builds, key):
     b = example_builds[key]
@@ -66,12 +44,7 @@ def _built(example_builds, key):
 def _run(build, code, **kw):
     """assert_clean_exit on `code` with the example on sys.path; returns (report, data)."""
     env = {"PYTHONPATH": os.pathsep.join([build.target, HERE])}
-    try:
-        r = assert_clean_exit(textwrap.dedent(code), env=env, **kw)
-    except CleanExitError as e:
-        if "tstate_activate: Assertion" in e.report.stderr and "bound_gilstate" in e.report.stderr:
-            raise ForeignThreadExitAbort(str(e)) from e
-        raise
+    r = assert_clean_exit(textwrap.dedent(code), env=env, **kw)
     data = {}
     for line in r.stdout.splitlines():
         if line.startswith("{"):
@@ -235,7 +208,6 @@ def test_pybind11_naive_pool_fails_at_exit(example_builds):
     _assert_fails_at_exit(build, PB11_POOL % "naive")
 
 
-@FOREIGN_THREAD_EXIT_BUG
 @pytest.mark.example("pybind11_pool")
 def test_pybind11_guarded_pool_exits_cleanly(example_builds):
     build = _built(example_builds, "pybind11_pool")
@@ -246,7 +218,6 @@ def test_pybind11_guarded_pool_exits_cleanly(example_builds):
     _assert_no_leftovers(data, 5000)
 
 
-@FOREIGN_THREAD_EXIT_BUG
 @pytest.mark.example("pybind11_pool")
 def test_pybind11_adapter_refuses_an_attach_after_exit(example_builds):
     build = _built(example_builds, "pybind11_pool")
@@ -274,7 +245,6 @@ def test_nanobind_naive_ticker_fails_at_exit(example_builds):
     _assert_fails_at_exit(build, NB_TICKER % "naive")
 
 
-@FOREIGN_THREAD_EXIT_BUG
 @pytest.mark.example("nanobind_ticker")
 def test_nanobind_guarded_ticker_exits_cleanly(example_builds):
     build = _built(example_builds, "nanobind_ticker")
@@ -283,7 +253,6 @@ def test_nanobind_guarded_ticker_exits_cleanly(example_builds):
     _assert_no_leftovers(data, 1)      # the callback's payload: dropped in phase 1
 
 
-@FOREIGN_THREAD_EXIT_BUG
 @pytest.mark.example("nanobind_ticker")
 def test_nanobind_adapter_refuses_an_attach_after_exit(example_builds):
     build = _built(example_builds, "nanobind_ticker")
