@@ -59,6 +59,10 @@ cdef struct shared:
     exitguard.eg_thread *thread
 
 
+# CAUTION: _request_stop, _run and the part of _call_back before its attach run
+# without a thread state: libc, pthreads and the exitguard functions declared
+# nogil only -- no Python objects, no Py_DECREF (eg_ref_release queues it).
+
 cdef void _request_stop(void *arg) noexcept nogil:
     cdef shared *s = <shared *>arg
     pthread_mutex_lock(&s.lock)

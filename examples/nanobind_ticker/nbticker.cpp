@@ -49,6 +49,11 @@ namespace nb = nanobind;
 
 namespace {
 
+// CAUTION: tick_loop() outside its attach scope, stop_and_join() and
+// drop_callback() run without a thread state: the ticker's mutex, std::thread
+// and the holder's reset only (exitguard::nb::object queues its decref; the
+// naive nb::object is dropped only by the static's destructor -- the bug).
+//
 // Holder: what keeps the callback; Attach: the scoped attach around a call.
 template <class Holder, class Attach>
 class ticker {

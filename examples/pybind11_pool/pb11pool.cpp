@@ -49,6 +49,12 @@ namespace py = pybind11;
 
 namespace {
 
+// CAUTION: work() outside its attach scope and stop_and_join() run without a
+// thread state: the pool's mutex, std::thread, and Task moves (no refcount
+// change) only.  The guarded flavour drops Tasks there too -- an
+// exitguard::py::object queues its decref; the naive flavour's py::object
+// destructor is one of the bugs it demonstrates.
+//
 // The pool both flavours share; Task is what a queue slot holds, Attach the
 // scoped attach a worker takes around each call.
 template <class Task, class Attach>
