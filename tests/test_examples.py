@@ -24,6 +24,11 @@ import exitguard
 from conftest import HERE
 from exitguard.testing import CleanExitError, assert_clean_exit
 
+# The first test pays for the session's builds (tests/isolated_build.py): minutes on
+# a loaded two-core machine, past pytest-timeout's default of 300 s for one test.
+# Each build has its own bound (BUILD_TIMEOUT); this is the bound of them all.
+pytestmark = pytest.mark.timeout(2400)
+
 # A guarded workload ends within seconds even on a debug build; the naive ones need
 # only long enough to show that they hang rather than exit (a clean exit after the
 # final report takes milliseconds).
