@@ -6,6 +6,7 @@
 #   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
 #   make valgrind    exitguard's paths under valgrind memcheck
 #   make bench       benchmarks against same-run baselines (bench-all, bench-callgrind)
+#   make check-packaging  sdist + wheel, twine, fresh-venv installs, typing (once, not per interpreter)
 #   make clean
 #
 # Each interpreter gets its own virtual environment; pytest and the build tools
@@ -22,7 +23,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind
+.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind check-packaging
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -33,9 +34,13 @@ $(VENV)/.deps:
 
 venv: $(VENV)/.deps
 
-# Reinstall every time so that C changes are always picked up.
+# Reinstall every time so that C changes are always picked up.  The wheel stays in
+# $(VENV)/wheelhouse: the tests that build the examples in isolation install exactly
+# this build of exitguard into their build environments (tests/isolated_build.py).
 install: $(VENV)/.deps
-	EG_WERROR=1 $(PIP) install --no-build-isolation --no-deps --force-reinstall .
+	rm -rf $(VENV)/wheelhouse
+	EG_WERROR=1 $(PIP) wheel --no-build-isolation --no-deps -w $(VENV)/wheelhouse .
+	$(PIP) install --no-deps --force-reinstall $(VENV)/wheelhouse/exitguard-*.whl
 
 TORTURE_RUNS ?= 200
 TORTURE_SEED ?=
@@ -82,6 +87,15 @@ bench-all:
 
 bench-callgrind: install
 	$(VPY) bench/callgrind.py
+
+# Packaging, once per CI run rather than per interpreter (tests/check_packaging.py):
+# python -m build (the sdist, then the wheel from it), twine check --strict, the wheel
+# and the sdist installed in fresh venvs and smoke-tested, every example rebuilt in
+# isolation against that wheel, the CMake package's version rules, the pkg_config
+# entry point, and mypy --strict, stubtest and pyright on the stubs and a typed
+# script.  Its tools come from PyPI into build/packaging, removed afterwards.
+check-packaging:
+	$(PYTHON) tests/check_packaging.py --work build/packaging
 
 demo: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker

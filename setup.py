@@ -6,8 +6,11 @@ Environment switches (read at build time):
   EG_SANITIZE=LIST       comma list of address, undefined, thread (thread excludes
                          address): adds -fsanitize=LIST to compile and link
   EG_WERROR=1            warnings are errors (the Makefile and CI set it)
-The public headers (include/) and valgrind.supp are copied into the package, so
-that exitguard.get_include() points at an installed exitguard.h.
+The public headers (include/, the pybind11 and nanobind adapters among them) and
+valgrind.supp are copied into the package, so that exitguard.get_include() points
+at an installed exitguard.h; the pkg-config file is written from its template with
+the version of include/exitguard/version.h.  The CMake package (src/exitguard/cmake)
+and the Cython declarations (__init__.pxd) are package data as they are.
 """
 
 import glob
@@ -21,9 +24,17 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def version():
+def _version_h(macro, pattern):
     with open(os.path.join(HERE, "include", "exitguard", "version.h")) as f:
-        return re.search(r'#define EG_VERSION_STRING "([^"]+)"', f.read()).group(1)
+        return re.search(r"#define %s %s" % (macro, pattern), f.read()).group(1)
+
+
+def version():
+    return _version_h("EG_VERSION_STRING", r'"([^"]+)"')
+
+
+def abi_version():
+    return _version_h("EG_ABI_VERSION", r"(\d+)")
 
 
 def compile_flags():
@@ -54,7 +65,7 @@ def compile_flags():
 
 
 class build_py_with_headers(build_py):
-    """Also install include/ (the public headers) and valgrind.supp inside the package."""
+    """Also install include/ (the public headers), valgrind.supp and exitguard.pc inside the package."""
 
     def run(self):
         super().run()
@@ -67,6 +78,14 @@ class build_py_with_headers(build_py):
         supp = os.path.join(HERE, "valgrind.supp")
         if os.path.exists(supp):
             shutil.copyfile(supp, os.path.join(dest, "valgrind.supp"))
+        with open(os.path.join(HERE, "src", "exitguard", "pkgconfig", "exitguard.pc.in")) as f:
+            pc = f.read()
+        pc = pc.replace("@EG_VERSION_STRING@", version()).replace("@EG_ABI_VERSION@", abi_version())
+        if "@" in pc:
+            raise SystemExit("exitguard.pc.in: unreplaced placeholder in %r" % pc)
+        os.makedirs(os.path.join(dest, "pkgconfig"), exist_ok=True)
+        with open(os.path.join(dest, "pkgconfig", "exitguard.pc"), "w") as f:
+            f.write(pc)
 
 
 cflags, lflags, macros = compile_flags()
@@ -75,7 +94,9 @@ setup(
     version=version(),
     package_dir={"": "src"},
     packages=["exitguard"],
-    package_data={"exitguard": ["py.typed", "*.pyi"]},
+    package_data={"exitguard": ["py.typed", "*.pyi", "*.pxd", "cmake/*.cmake"]},
+    # The template is in the sdist (MANIFEST.in); the wheel gets exitguard.pc.
+    exclude_package_data={"exitguard": ["pkgconfig/*.in"]},
     ext_modules=[
         Extension(
             "exitguard._core",

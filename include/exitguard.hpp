@@ -18,7 +18,8 @@
 //                   PyObject_CallNoArgs(cb.get());
 //               } },
 //         [&] { wake_worker(); });
-//     exitguard::stopper s([&] { pool.stop_and_join(); });
+//     exitguard::stopper s(exitguard::without_gil,            // phase 1,
+//                          [&] { pool.stop_and_join(); });    // GIL released
 #ifndef EXITGUARD_HPP
 #define EXITGUARD_HPP
 
@@ -244,11 +245,44 @@ private:
     int rc_ = -EINVAL;
 };
 
+// Tag for stopper(without_gil, fn): phase 1 calls fn with the GIL released,
+// so that fn may join threads that need the GIL to finish -- the shape of a
+// C++ thread pool's stop-and-join.  fn must not touch Python.
+struct without_gil_t {
+    explicit without_gil_t() = default;
+};
+inline constexpr without_gil_t without_gil{};
+
+namespace detail {
+// Releases the GIL for the lifetime of the object (PyEval_SaveThread), and
+// takes it back on every way out, an exception included.
+class gil_released {
+public:
+    gil_released() noexcept : ts_(PyEval_SaveThread()) {}
+    ~gil_released() { PyEval_RestoreThread(ts_); }
+    gil_released(const gil_released &) = delete;
+    gil_released &operator=(const gil_released &) = delete;
+
+private:
+    PyThreadState *ts_;
+};
+}  // namespace detail
+
 // A scoped exit stopper: runs `fn` in phase 1 (attached, at most once)
 // unless the stopper is destroyed first.  Construct attached.  The
 // destructor unregisters it, waiting if phase 1 is running it elsewhere.
+// stopper(without_gil, fn) runs fn with the GIL released instead.
 class stopper {
 public:
+    template <class F>
+    stopper(without_gil_t, F fn) noexcept
+        : stopper([f = std::move(fn)]() mutable {
+              detail::gil_released unlocked;
+              f();
+          })
+    {
+    }
+
     template <class F>
     explicit stopper(F fn) noexcept
     {

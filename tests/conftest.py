@@ -7,9 +7,11 @@ stderr and the counters a scenario prints as its last line of JSON.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 import time
 
@@ -126,6 +128,27 @@ def assert_clean(res, returncode=0, *, traceback_ok=False):
     assert "Segmentation fault" not in res.stderr, res.describe()
     if not traceback_ok:
         assert "Traceback" not in res.stderr, res.describe()
+
+
+@pytest.fixture(scope="session")
+def example_builds(request):
+    """Isolated pip builds of the examples that the selected tests use, made once, two at a time.
+
+    A test asks for an example with ``@pytest.mark.example(KEY)`` (keys:
+    isolated_build.BUILDS) and gets ``example_builds[KEY]``, a BuildResult.
+    """
+    import isolated_build
+
+    keys = sorted({m.args[0] for item in request.session.items for m in item.iter_markers("example")})
+    unknown = [k for k in keys if k not in isolated_build.BUILDS]
+    if unknown:
+        raise ValueError("unknown example build(s) %s; known: %s" % (unknown, sorted(isolated_build.BUILDS)))
+    # Not under pytest's basetemp: on a machine shared with other pytest sessions
+    # (/tmp/pytest-of-<user>), a session that starts deletes all but the three
+    # newest basetemps -- this one too, in the middle of its builds.
+    scratch = tempfile.mkdtemp(prefix="exitguard-examples-")
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    return isolated_build.build_examples(keys, scratch)
 
 
 def python_is_free_threaded():

@@ -25,6 +25,8 @@ int use(PyObject *o)
     exitguard::stopper s([] {});
     exitguard::stopper t([] {});
     (void)t.after(s);
+    exitguard::stopper u(exitguard::without_gil, [] {});     // runs with the GIL released
+    (void)u.after(t);
     std::vector<exitguard::thread> pool;
     pool.push_back(exitguard::thread::start("x", [] {}, [] {}));
     pool.push_back(exitguard::thread::start("y", [] { (void)exitguard::thread::stop_requested(); }));

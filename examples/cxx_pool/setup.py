@@ -1,11 +1,9 @@
-"""Build the C++ pool example against an installed exitguard (C++17)."""
+"""Build the C++ pool example against exitguard (C++17); exitguard is a build requirement."""
 
 import exitguard
 from setuptools import Extension, setup
 
 setup(
-    name="exitguard-cxxpool-example",
-    version="0.1.0",
     ext_modules=[
         Extension(
             "cxxpool",

@@ -2,7 +2,9 @@
 
 The C core lives in :mod:`exitguard._core`; this package re-exports its Python
 API and adds the helpers that need no C.  Extensions use the C API through
-``#include <exitguard.h>`` (see :func:`get_include`).
+``#include <exitguard.h>`` (see :func:`get_include`); build systems find the headers
+through :func:`get_cmake_dir` (CMake), :func:`get_pkgconfig_dir` (pkg-config, meson)
+or ``python -m exitguard --includes``.
 """
 
 import os as _os
@@ -28,7 +30,9 @@ __all__ = [
     "StoppingError",
     "exit_stopper",
     "flush",
+    "get_cmake_dir",
     "get_include",
+    "get_pkgconfig_dir",
     "state",
     "stats",
     "valgrind_suppressions",
@@ -83,3 +87,22 @@ def valgrind_suppressions():
 def get_include():
     """Return the folder that holds ``exitguard.h``, for extension builds."""
     return _os.path.join(_os.path.dirname(__file__), "include")
+
+
+def get_cmake_dir():
+    """Return the folder that holds ``exitguardConfig.cmake``.
+
+    Pass it as ``-Dexitguard_DIR=...`` (or add it to ``CMAKE_PREFIX_PATH``) so that
+    ``find_package(exitguard CONFIG)`` defines the target ``exitguard::exitguard``;
+    scikit-build-core finds it without help.
+    """
+    return _os.path.join(_os.path.dirname(__file__), "cmake")
+
+
+def get_pkgconfig_dir():
+    """Return the folder that holds ``exitguard.pc``, for ``PKG_CONFIG_PATH``.
+
+    With it on ``PKG_CONFIG_PATH``, ``pkg-config --cflags exitguard`` and meson's
+    ``dependency('exitguard')`` find the headers.
+    """
+    return _os.path.join(_os.path.dirname(__file__), "pkgconfig")
