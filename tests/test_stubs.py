@@ -60,7 +60,7 @@ def _members(cls_node):
 def _runtime_members(cls):
     own = set()
     for klass in cls.__mro__:
-        if klass in (object, BaseException, Exception, RuntimeError, AssertionError):
+        if klass in (object, BaseException, Exception, RuntimeError, AssertionError, SystemExit):
             break
         own |= set(vars(klass))
     return own
