@@ -20,7 +20,11 @@
  * An extension made of several C files defines EG_CAPI_SHARED in every file
  * that includes this header and EG_CAPI_DEFINE in exactly one of them; the
  * default is a private table pointer per translation unit, so each file that
- * calls eg_* functions must then call eg_import() itself.
+ * calls eg_* functions must then call eg_import() itself.  A call made before
+ * eg_import() never crashes: the first one of a file says so on stderr,
+ * naming the file, and each fails as its contract fails -- -ENOSYS for those
+ * returning int, NULL (with RuntimeError for the attached constructors),
+ * nothing done for eg_decref and the other void calls.
  *
  * Words used in the contracts below:
  *   attached   the calling thread holds the GIL -- has an attached thread
@@ -378,10 +382,12 @@ EG_FUNC int eg_thread_adopt(eg_thread **out, const char *name,
  * Thread: any thread; never blocks, takes no GIL and no lock, allocates
  *   nothing once the logger name has been seen.  Not async-signal-safe
  *   (vsnprintf).
- * `logger` must stay valid and unchanged for the life of the process (a
- *   string literal): its address keys a cache of the logger's effective
- *   level, kept in step with the logging configuration, so a message below
- *   the level costs one load and is never formatted.  Messages longer than
+ * `logger` is only read during the call: names built at run time (in a
+ *   reused buffer, from a Python str) are fine.  Its content keys a cache of
+ *   the logger's effective level, kept in step with the logging
+ *   configuration, so a message below the level costs a hash of the name
+ *   and one load and is never formatted.  Text that is not valid UTF-8 is
+ *   delivered with replacement characters.  Messages longer than
  *   a slot are cut with a visible "...[truncated]" marker.  When the ring
  *   is full the message is dropped and counted; a later warning on the
  *   "exitguard" logger says how many.  At exit everything queued is
@@ -544,85 +550,209 @@ eg_import(void)
     return 0;
 }
 
+/* A call made before eg_import() in this translation unit (a C file that
+ * forgot it; a C++ object at namespace scope built when the library loads):
+ * never a NULL dereference.  The first such call of the file says so on
+ * stderr, naming eg_import() and the file; then the call fails the way its
+ * contract fails -- an error code (-ENOSYS), NULL (with RuntimeError when
+ * the caller is attached by contract), or nothing done for the void ones
+ * (eg_decref/eg_ref_release: the reference is kept, not dropped wrongly). */
+#if defined(__GNUC__)
+#  define EG__NOT_IMPORTED_ATTR __attribute__((cold, noinline, unused))
+#  define EG__IMPORTED() __builtin_expect(eg__capi_table != NULL, 1)
+#else
+#  define EG__NOT_IMPORTED_ATTR
+#  define EG__IMPORTED() (eg__capi_table != NULL)
+#endif
+#if defined(__BASE_FILE__)
+#  define EG__THIS_FILE __BASE_FILE__
+#else
+#  define EG__THIS_FILE "this extension"
+#endif
+
+static EG__NOT_IMPORTED_ATTR void
+eg__not_imported(const char *fn)
+{
+    static int said;
+    if (!said) {
+        said = 1;
+        fprintf(stderr, "exitguard: %s() called before eg_import() in %s: "
+                "call eg_import() in the module's exec function, attached "
+                "(each C file that calls eg_* functions needs it, or define "
+                "EG_CAPI_SHARED everywhere and EG_CAPI_DEFINE in one)\n",
+                fn, EG__THIS_FILE);
+    }
+}
+
+/* The same, for functions that require an attached caller: also raise. */
+static EG__NOT_IMPORTED_ATTR void
+eg__not_imported_raise(const char *fn)
+{
+    eg__not_imported(fn);
+    PyErr_Format(PyExc_RuntimeError, "%s() called before eg_import() in %s",
+                 fn, EG__THIS_FILE);
+}
+
 static inline eg_ref *eg_ref_new(PyObject *obj)
-{ return eg__capi_table->ref_new(obj); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported_raise("eg_ref_new"); return NULL; }
+    return eg__capi_table->ref_new(obj);
+}
 static inline PyObject *eg_ref_get(const eg_ref *ref)
-{ return eg__capi_table->ref_get(ref); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_ref_get"); return NULL; }
+    return eg__capi_table->ref_get(ref);
+}
 static inline void eg_ref_release(eg_ref *ref)
-{ eg__capi_table->ref_release(ref); }
+{
+    if (!EG__IMPORTED()) { if (ref) eg__not_imported("eg_ref_release"); return; }
+    eg__capi_table->ref_release(ref);
+}
 static inline void eg_decref(PyObject *obj)
-{ eg__capi_table->decref(obj); }
+{
+    if (!EG__IMPORTED()) { if (obj) eg__not_imported("eg_decref"); return; }
+    eg__capi_table->decref(obj);
+}
 static inline Py_ssize_t eg_flush(void)
-{ return eg__capi_table->flush(); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_flush"); return 0; }
+    return eg__capi_table->flush();
+}
 static inline eg_stopper *eg_stopper_add(void (*stop)(void *arg), void *arg)
-{ return eg__capi_table->stopper_add(stop, arg); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported_raise("eg_stopper_add"); return NULL; }
+    return eg__capi_table->stopper_add(stop, arg);
+}
 static inline int eg_stopper_after(eg_stopper *first, eg_stopper *then)
-{ return eg__capi_table->stopper_after(first, then); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_stopper_after"); return -ENOSYS; }
+    return eg__capi_table->stopper_after(first, then);
+}
 static inline void eg_stopper_remove(eg_stopper *s)
-{ eg__capi_table->stopper_remove(s); }
+{
+    if (!EG__IMPORTED()) { if (s) eg__not_imported("eg_stopper_remove"); return; }
+    eg__capi_table->stopper_remove(s);
+}
 static inline const char *eg_strerror(int err)
-{ return eg__capi_table->strerror(err); }
+{
+    if (!EG__IMPORTED()) {
+        return err == -ENOSYS ? "exitguard is not imported here (eg_import)"
+                              : "unknown error (exitguard is not imported here)";
+    }
+    return eg__capi_table->strerror(err);
+}
 static inline eg_interp *eg_interp_current(void)
-{ return eg__capi_table->interp_current(); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported_raise("eg_interp_current"); return NULL; }
+    return eg__capi_table->interp_current();
+}
 static inline eg_interp *eg_interp_main(void)
-{ return eg__capi_table->interp_main(); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_interp_main"); return NULL; }
+    return eg__capi_table->interp_main();
+}
 static inline void eg_interp_close(eg_interp *h)
-{ eg__capi_table->interp_close(h); }
+{
+    if (!EG__IMPORTED()) { if (h) eg__not_imported("eg_interp_close"); return; }
+    eg__capi_table->interp_close(h);
+}
 static inline int eg_gil_ensure(eg_interp *h, eg_gil *st)
-{ return eg__capi_table->gil_ensure(h, st); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_gil_ensure"); return -ENOSYS; }
+    return eg__capi_table->gil_ensure(h, st);
+}
 static inline void eg_gil_release(eg_gil *st)
-{ eg__capi_table->gil_release(st); }
+{
+    if (!EG__IMPORTED()) { return; }   /* no eg_gil_ensure can have succeeded */
+    eg__capi_table->gil_release(st);
+}
 static inline int eg_thread_start(eg_thread **out, const char *name,
                                   void (*run)(void *arg),
                                   void (*request_stop)(void *arg), void *arg)
-{ return eg__capi_table->thread_start(out, name, run, request_stop, arg); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_thread_start"); return -ENOSYS; }
+    return eg__capi_table->thread_start(out, name, run, request_stop, arg);
+}
 static inline int eg_thread_join(eg_thread *t, double timeout_s)
-{ return eg__capi_table->thread_join(t, timeout_s); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_thread_join"); return -ENOSYS; }
+    return eg__capi_table->thread_join(t, timeout_s);
+}
 static inline int eg_thread_stop_requested(void)
-{ return eg__capi_table->thread_stop_requested(); }
+{
+    /* Async-signal-safe: nothing to say from here. */
+    return EG__IMPORTED() ? eg__capi_table->thread_stop_requested() : 0;
+}
 static inline void eg_vlog(int level, const char *logger, const char *fmt,
                            va_list ap)
-{ eg__capi_table->vlog(level, logger, fmt, ap); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_log"); return; }
+    eg__capi_table->vlog(level, logger, fmt, ap);
+}
 static inline void eg_log(int level, const char *logger, const char *fmt,
                           ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    eg__capi_table->vlog(level, logger, fmt, ap);
+    eg_vlog(level, logger, fmt, ap);
     va_end(ap);
 }
 static inline int eg_log_enabled(int level, const char *logger)
-{ return eg__capi_table->log_enabled(level, logger); }
+{
+    return EG__IMPORTED() ? eg__capi_table->log_enabled(level, logger) : 0;
+}
 static inline eg_event *eg_event_new(void)
-{ return eg__capi_table->event_new(); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_event_new"); return NULL; }
+    return eg__capi_table->event_new();
+}
 static inline void eg_event_free(eg_event *ev)
-{ eg__capi_table->event_free(ev); }
+{
+    if (!EG__IMPORTED()) { if (ev) eg__not_imported("eg_event_free"); return; }
+    eg__capi_table->event_free(ev);
+}
+/* The event calls below are async-signal-safe: they fail silently. */
 static inline int eg_event_set(eg_event *ev)
-{ return eg__capi_table->event_set(ev); }
+{ return EG__IMPORTED() ? eg__capi_table->event_set(ev) : -ENOSYS; }
 static inline int eg_event_clear(eg_event *ev)
-{ return eg__capi_table->event_clear(ev); }
+{ return EG__IMPORTED() ? eg__capi_table->event_clear(ev) : -ENOSYS; }
 static inline int eg_event_is_set(const eg_event *ev)
-{ return eg__capi_table->event_is_set(ev); }
+{ return EG__IMPORTED() ? eg__capi_table->event_is_set(ev) : 0; }
 static inline int eg_event_wait(eg_event *ev, double timeout_s)
-{ return eg__capi_table->event_wait(ev, timeout_s); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_event_wait"); return -ENOSYS; }
+    return eg__capi_table->event_wait(ev, timeout_s);
+}
 static inline int eg_event_fileno(const eg_event *ev)
-{ return eg__capi_table->event_fileno(ev); }
+{ return EG__IMPORTED() ? eg__capi_table->event_fileno(ev) : -ENOSYS; }
 static inline eg_cq *eg_cq_from_object(PyObject *obj)
-{ return eg__capi_table->cq_from_object(obj); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported_raise("eg_cq_from_object"); return NULL; }
+    return eg__capi_table->cq_from_object(obj);
+}
 static inline int eg_cq_post(eg_cq *q, void (*fn)(void *arg, int cancelled),
                              void *arg)
-{ return eg__capi_table->cq_post(q, fn, arg); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_cq_post"); return -ENOSYS; }
+    return eg__capi_table->cq_post(q, fn, arg);
+}
 static inline int eg_cq_post_future(eg_cq *q, eg_ref *future,
                                     PyObject *(*build)(void *arg,
                                                        int cancelled,
                                                        int *is_exception),
                                     void *arg)
-{ return eg__capi_table->cq_post_future(q, future, build, arg); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_cq_post_future"); return -ENOSYS; }
+    return eg__capi_table->cq_post_future(q, future, build, arg);
+}
 static inline int eg_thread_adopt(eg_thread **out, const char *name,
                                   void (*request_stop)(void *arg),
                                   int (*join)(void *arg, double timeout_s),
                                   void *arg)
-{ return eg__capi_table->thread_adopt(out, name, request_stop, join, arg); }
+{
+    if (!EG__IMPORTED()) { eg__not_imported("eg_thread_adopt"); return -ENOSYS; }
+    return eg__capi_table->thread_adopt(out, name, request_stop, join, arg);
+}
 
 #endif /* !EG_BUILDING */
 

@@ -58,10 +58,12 @@
  *   eg__decref_drain_sc       | attached, claimed  | pushes; never another
  *                             | via `draining`     | drain (the claim fails)
  *   lane list push            | producer, once     | drain walking the list
- *   lane unlink + free        | drainer only       | pushes to other lanes
+ *   lane unlink + free        | drainer only, with | pushes to other lanes;
+ *                             | lanes_lock         | never a counting walk
  *   segment link / recycle    | producer / drainer | each other, via next and
  *                             |                    | the lane's spare slot
- *   eg__decref_pending_count  | any                | everything (approximate)
+ *   eg__decref_pending_count  | any, lanes_lock    | everything but a lane's
+ *                             |                    | free (approximate)
  *
  * What this file deliberately does not do: apply a decref without a thread
  * state, apply anything after the interpreter's phase 2 (such decrefs are
@@ -561,7 +563,11 @@ eg__drain_claimed(eg__interp *in)
         if (orphaned
                 && atomic_load_explicit(&l->popped, memory_order_relaxed)
                    == atomic_load_explicit(&l->pushed, memory_order_relaxed)) {
+            /* Readers other than us (stats() on a free-threaded build, where
+             * no GIL orders them with this drain) walk under the lock. */
+            eg__mutex_lock(&q->lanes_lock);
             eg__lane_unlink(q, prev, l);
+            eg__mutex_unlock(&q->lanes_lock);
         }
         else {
             prev = l;
@@ -648,6 +654,9 @@ eg__decref_pending_count(eg__interp *in)
 {
     eg__decref_queue *q = &in->queue;
     uint64_t n = 0;
+    /* Not the drainer: hold off its frees while walking (issue 11: a
+     * free-threaded stats() read lanes a concurrent drain had freed). */
+    eg__mutex_lock(&q->lanes_lock);
     for (eg__lane *l = atomic_load_explicit(&q->lanes, memory_order_acquire);
          l != NULL; l = l->next) {
         uint64_t popped = atomic_load_explicit(&l->popped,
@@ -656,6 +665,7 @@ eg__decref_pending_count(eg__interp *in)
                                                memory_order_relaxed);
         n += pushed > popped ? pushed - popped : 0;
     }
+    eg__mutex_unlock(&q->lanes_lock);
     eg__mutex_lock(&q->spill_lock);
     n += q->spill_len;
     eg__mutex_unlock(&q->spill_lock);
@@ -687,7 +697,8 @@ void
 eg__decref_queue_init(eg__decref_queue *q)
 {
     memset(q, 0, sizeof(*q));
-    if (pthread_mutex_init(&q->spill_lock, NULL) != 0) {
+    if (pthread_mutex_init(&q->spill_lock, NULL) != 0
+            || pthread_mutex_init(&q->lanes_lock, NULL) != 0) {
         abort();
     }
 }
@@ -701,7 +712,8 @@ void
 eg__decref_after_fork_child(eg__interp *in)
 {
     eg__decref_queue *q = &in->queue;
-    if (pthread_mutex_init(&q->spill_lock, NULL) != 0) {
+    if (pthread_mutex_init(&q->spill_lock, NULL) != 0
+            || pthread_mutex_init(&q->lanes_lock, NULL) != 0) {
         abort();
     }
     atomic_store_explicit(&q->draining, 0, memory_order_relaxed);

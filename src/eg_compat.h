@@ -93,6 +93,46 @@ eg__PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #  define PyModule_AddObjectRef eg__PyModule_AddObjectRef
 #endif
 
+/* ---- Saving the current exception around a finalizer (PEP 442) ----------
+ * PyErr_GetRaisedException/SetRaisedException: 3.12 (gh-101578).  Before
+ * that, PyErr_Fetch/PyErr_Restore keep (type, value, traceback); the
+ * helpers carry the normalized value alone, its traceback attached. */
+static inline PyObject *
+PyErr_GetRaisedException_compat(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+static inline void
+PyErr_SetRaisedException_compat(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    if (exc == NULL) {
+        return;
+    }
+    PyObject *type = Py_NewRef(Py_TYPE(exc));
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(type, exc, tb);
+#endif
+}
+
 /* ---- Module slots that declare what the module supports ----------------
  * Py_mod_multiple_interpreters: 3.12 (gh-104108, PEP 684).
  * Py_mod_gil: 3.13 (gh-116322, PEP 703); only free-threaded builds read it. */

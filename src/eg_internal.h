@@ -151,6 +151,11 @@ typedef struct {
     _Atomic int kick_listed;        /* on the kicker's list (kick_next) */
     struct eg__interp *kick_next;
 
+    /* Held by the drainer while it unlinks and frees a lane, and by the
+     * readers that walk the list without being the drainer (statistics,
+     * record reuse): a lane is never freed under a walker's feet. */
+    pthread_mutex_t lanes_lock;
+
     /* Out-of-memory fallback when a lane or segment cannot be allocated. */
     pthread_mutex_t spill_lock;     /* protects spill, spill_len, spill_cap */
     PyObject **spill;

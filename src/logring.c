@@ -12,11 +12,14 @@
  * One log system per process, delivering to the main interpreter's logging
  * (the interpreter whose configuration a process's operator controls).
  *
- * - Level cache: an open-addressing table keyed by the *address* of the
- *   logger name (callers pass string literals), so the disabled-level test
- *   is a hash of a pointer and one relaxed load -- no strcmp, no lock.  Each
- *   entry holds the threshold below which nothing is formatted; 0 means
- *   "not known yet: format and let the forwarder decide".  The thresholds
+ * - Level cache: an open-addressing table keyed by the logger name's
+ *   *content* -- a name built at run time in a reused buffer ("stream.%d"),
+ *   the UTF-8 of a Python str, or a buffer freed afterwards is a different
+ *   logger from any other name that happened to live at that address -- so
+ *   the disabled-level test is a hash of the name, a compare with the copy
+ *   the entry keeps, and one relaxed load; no lock.  Each entry holds the
+ *   threshold below which nothing is formatted; 0 means "not known yet:
+ *   format and let the forwarder decide".  The thresholds
  *   are recomputed whenever logging's own caches are cleared (every
  *   setLevel, logging.disable, dictConfig calls Manager._clear_cache, which
  *   exitguard._logging wraps), and for new names on delivery.
@@ -64,9 +67,15 @@
 #define EG_LOG_BATCH 256             /* messages per attach */
 #define EG_LOG_TRUNC "...[truncated]"
 
+/* Entry keys: the name's hash with bit 1 set, so that 0 (free) and 1 (being
+ * filled) never collide with one. */
+#define EG__LOGKEY_FREE    0ull
+#define EG__LOGKEY_FILLING 1ull
+
 typedef struct {
-    _Atomic(const char *) key;       /* the caller's pointer; NULL: free */
+    _Atomic uint64_t key;            /* hash | 2; or FREE, FILLING */
     _Atomic int threshold;           /* 0: unknown */
+    uint32_t len;                    /* set before key publishes */
     char *name;                      /* our copy, set before key publishes */
 } eg__loglevel;
 
@@ -74,8 +83,8 @@ typedef struct {
     _Atomic uint64_t seq;
     int level;
     uint32_t len;
-    eg__loglevel *logger;            /* NULL: root, or cache full */
-    const char *logger_raw;          /* when the cache was full */
+    eg__loglevel *logger;            /* NULL: the cache was full */
+    char logger_name[48];            /* then a copy of the name (cut) */
     unsigned long tid;
     double created;
     char thread[16];
@@ -151,14 +160,19 @@ eg__log_ring_size(void)
 
 /* ---- Level cache ---------------------------------------------------------- */
 
-static inline uint32_t
-eg__ptr_hash(const void *p)
+/* FNV-1a over the name's bytes, and its length.  Byte by byte: a logger
+ * name is short, and reading past its NUL could cross into an unmapped
+ * page. */
+static inline uint64_t
+eg__name_hash(const char *name, uint32_t *len)
 {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return (uint32_t)x;
+    uint64_t h = 0xcbf29ce484222325ull;
+    const unsigned char *p = (const unsigned char *)name;
+    while (*p) {
+        h = (h ^ *p++) * 0x100000001b3ull;
+    }
+    *len = (uint32_t)(p - (const unsigned char *)name);
+    return h | 2;
 }
 
 /* The cache entry for `name`, inserting it.  NULL when the table is full
@@ -166,39 +180,43 @@ eg__ptr_hash(const void *p)
 static eg__loglevel *
 eg__level_entry(const char *name)
 {
-    uint32_t h = eg__ptr_hash(name);
+    uint32_t len;
+    uint64_t h = eg__name_hash(name, &len);
     for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
         eg__loglevel *e = &eg__log.levels[(h + i) & (EG_LOG_LEVELS - 1)];
-        const char *k = atomic_load_explicit(&e->key, memory_order_acquire);
-        if (EG_LIKELY(k == name)) {
+        /* Acquire pairs with the release that published the key: len and
+         * name are then the entry's for good. */
+        uint64_t k = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (EG_LIKELY(k == h) && e->len == len
+                && memcmp(e->name, name, len) == 0) {
             return e;
         }
-        if (k != NULL) {
-            continue;
+        if (k != EG__LOGKEY_FREE) {
+            continue;             /* another name, or one being filled */
         }
         /* Claim with a copy of the name in place: losers free theirs. */
-        char *copy = strdup(name);
+        char *copy = malloc((size_t)len + 1);
         if (copy == NULL) {
             return NULL;
         }
-        const char *expected = NULL;
+        memcpy(copy, name, (size_t)len + 1);
+        uint64_t expected = EG__LOGKEY_FREE;
         if (atomic_compare_exchange_strong_explicit(
-                &e->key, &expected, (const char *)1,
+                &e->key, &expected, EG__LOGKEY_FILLING,
                 memory_order_acq_rel, memory_order_acquire)) {
             /* We own the slot: fill it, then publish the real key.
              * Release pairs with the acquire load above. */
             e->name = copy;
+            e->len = len;
             atomic_store_explicit(&e->threshold, 0, memory_order_relaxed);
-            atomic_store_explicit(&e->key, name, memory_order_release);
+            atomic_store_explicit(&e->key, h, memory_order_release);
             return e;
         }
         free(copy);
-        if (expected == name) {
-            return e;
-        }
-        /* Someone claimed it for another name (or is filling it): probe
-         * on.  A concurrent insert of the same name may land in a second
-         * entry; both stay correct, each with its own threshold. */
+        /* Someone claimed it first -- for this name or another, or is
+         * filling it: probe on.  A concurrent insert of the same name may
+         * land in a second entry; both stay correct, each with its own
+         * threshold (the configuration hook recomputes both). */
     }
     return NULL;
 }
@@ -345,7 +363,10 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
     eg__log_thread_identity();
     s->level = level;
     s->logger = e;
-    s->logger_raw = e ? NULL : key;
+    if (e == NULL) {
+        /* The caller's buffer may be reused or freed before delivery. */
+        snprintf(s->logger_name, sizeof(s->logger_name), "%s", key);
+    }
     s->tid = eg__log_self.tid;
     memcpy(s->thread, eg__log_self.name, sizeof(s->thread));
     struct timespec now;
@@ -443,29 +464,32 @@ eg__log_deliver_batch(Py_ssize_t max)
     Py_ssize_t n = 0;
     while (n < max && eg__log_ready()) {
         eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
-        const char *name = s->logger ? s->logger->name : s->logger_raw;
-        PyObject *item = Py_BuildValue(
-            "(s#is#kdn)", name ? name : "", (Py_ssize_t)strlen(name ? name : ""),
-            s->level, s->msg, (Py_ssize_t)s->len,
-            s->tid, s->created, (Py_ssize_t)0);
-        if (item != NULL) {
-            PyObject *tname = PyUnicode_DecodeUTF8(
-                s->thread, (Py_ssize_t)strnlen(s->thread, sizeof(s->thread)),
-                "replace");
-            if (tname != NULL) {
-                /* Slot 5 carries the thread name (replacing the 0). */
-                PyObject *old = PyTuple_GET_ITEM(item, 5);
-                PyTuple_SET_ITEM(item, 5, tname);
-                Py_DECREF(old);
-            }
-        }
+        const char *name = s->logger ? s->logger->name : s->logger_name;
+        /* Native text is not always valid UTF-8 (a C string, a cut in the
+         * middle of a character): decode with "replace", which fails only
+         * on memory, so no message is lost to a decoding error. */
+        PyObject *pname = PyUnicode_DecodeUTF8(name, (Py_ssize_t)strlen(name),
+                                               "replace");
+        PyObject *pmsg = pname ? PyUnicode_DecodeUTF8(
+            s->msg, (Py_ssize_t)s->len, "replace") : NULL;
+        PyObject *pthread = pmsg ? PyUnicode_DecodeUTF8(
+            s->thread, (Py_ssize_t)strnlen(s->thread, sizeof(s->thread)),
+            "replace") : NULL;
+        PyObject *item = pthread ? Py_BuildValue(
+            "(OiOkdO)", pname, s->level, pmsg, s->tid, s->created, pthread)
+            : NULL;
+        Py_XDECREF(pname);
+        Py_XDECREF(pmsg);
+        Py_XDECREF(pthread);
         /* Release the slot for producers: position + size. */
         atomic_store_explicit(&s->seq, eg__log.dequeue_pos + eg__log.mask + 1,
                               memory_order_release);
         eg__log.dequeue_pos++;
         n++;
         if (item == NULL || PyList_Append(batch, item) < 0) {
-            PyErr_WriteUnraisable(NULL);    /* lost: say so, go on */
+            /* Out of memory: say so (this clears the error before any
+             * other C API call), go on with the next one. */
+            PyErr_WriteUnraisable(NULL);
         }
         Py_XDECREF(item);
     }
@@ -576,12 +600,17 @@ eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
 {
     for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
         eg__loglevel *e = &eg__log.levels[i];
-        const char *k = atomic_load_explicit(&e->key, memory_order_acquire);
-        if (k == NULL || k == (const char *)1
+        uint64_t k = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (k == EG__LOGKEY_FREE || k == EG__LOGKEY_FILLING
                 || (only_unknown && atomic_load(&e->threshold) != 0)) {
             continue;
         }
-        PyObject *r = PyObject_CallFunction(threshold_fn, "s", e->name);
+        /* Decoded as on delivery ("replace"): the level is that of the
+         * logger the messages go to. */
+        PyObject *name = PyUnicode_DecodeUTF8(e->name, (Py_ssize_t)e->len,
+                                              "replace");
+        PyObject *r = name ? PyObject_CallOneArg(threshold_fn, name) : NULL;
+        Py_XDECREF(name);
         if (r == NULL) {
             return -1;
         }
@@ -655,7 +684,7 @@ eg__log_after_fork_child(void)
             s->len = 0;
             s->msg[0] = '\0';
             s->logger = NULL;
-            s->logger_raw = "exitguard";
+            snprintf(s->logger_name, sizeof(s->logger_name), "exitguard");
             s->level = EG_LOG_DEBUG;
             atomic_store(&s->seq, p + 1);
         }

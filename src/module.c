@@ -615,26 +615,40 @@ cq_clear(CQObject *self)
     return 0;
 }
 
+/* PEP 442 finalizer: the queue is still a whole object here, so the
+ * callbacks that closing it runs (cancelled) may look at it, and may even
+ * keep it -- a callback that takes a reference resurrects it, closed but
+ * valid, instead of holding a pointer to freed memory (issue 11: the old
+ * dealloc set the refcount to 1 and back to 0 around them). */
+static void
+cq_finalize(CQObject *self)
+{
+    PyObject *exc = PyErr_GetRaisedException_compat();
+    PyObject *r = cq_detach(self, NULL);
+    if (r == NULL) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    Py_XDECREF(r);
+    if (self->q != NULL) {
+        eg__cq_close(self->q);
+    }
+    PyErr_SetRaisedException_compat(exc);
+}
+
 static void
 cq_dealloc(CQObject *self)
 {
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return;                   /* resurrected by a callback */
+    }
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     if (self->weakreflist != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     if (self->q != NULL) {
-        /* Keep self alive through cancellation callbacks (they may look
-         * at it); resurrect-free because we hold the only pointer. */
-        Py_SET_REFCNT(self, 1);
-        PyObject *r = cq_detach(self, NULL);
-        if (r == NULL) {
-            PyErr_WriteUnraisable(NULL);
-        }
-        Py_XDECREF(r);
-        eg__cq_free(self->q);
+        eg__cq_free(self->q);     /* closed by the finalizer: no callbacks */
         self->q = NULL;
-        Py_SET_REFCNT(self, 0);
     }
     (void)cq_clear(self);
     tp->tp_free((PyObject *)self);
@@ -730,6 +744,7 @@ static PyMemberDef cq_members[] = {
 static PyType_Slot cq_slots[] = {
     {Py_tp_new, cq_new},
     {Py_tp_dealloc, cq_dealloc},
+    {Py_tp_finalize, cq_finalize},
     {Py_tp_traverse, cq_traverse},
     {Py_tp_clear, cq_clear},
     {Py_tp_methods, cq_methods},

@@ -414,6 +414,8 @@ eg_strerror(int err)
         return "resource temporarily unavailable";
     case -EBUSY:
         return "busy";
+    case -ENOSYS:
+        return "exitguard is not imported here (call eg_import() first)";
     case -EINTR:
         return "interrupted: a Python signal handler raised (its exception "
                "is set)";

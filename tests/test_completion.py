@@ -115,3 +115,27 @@ def test_bad_input(run_py):
     assert_clean(res)
     assert "CompletionQueue" in res.data["type"]
     assert "no arguments" in res.data["args"]
+
+
+def test_callback_may_keep_the_queue_it_is_cancelled_by(run_py):
+    """A completion queue being deallocated calls its pending callbacks cancelled; one
+    that takes a reference to the queue resurrects it -- closed, but a whole object --
+    instead of keeping a pointer to freed memory (issue 11 item 5: PEP 442)."""
+    res = run_py(
+        """
+        import gc, json, exitguard, egtest
+        q = exitguard.CompletionQueue()
+        assert egtest.cq_post_keeper(q) == 0
+        del q                              # dealloc: the callback runs cancelled, keeps q
+        gc.collect()
+        k = egtest.cq_kept()
+        out = {"kept": type(k).__name__, "closed": k.closed, "stats": k.stats()}
+        del k                              # the second end: no finalizer, no callback
+        gc.collect()
+        print(json.dumps(out))
+        """
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["kept"] == "CompletionQueue" and d["closed"] is True, res.describe()
+    assert d["stats"]["cancelled"] >= 1

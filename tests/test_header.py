@@ -64,3 +64,68 @@ def test_installed_headers():
     assert os.path.isfile(os.path.join(inc, "exitguard", "version.h"))
     with open(os.path.join(inc, "exitguard", "version.h")) as f:
         assert '#define EG_VERSION_STRING "%s"' % exitguard.__version__ in f.read()
+
+
+NOT_IMPORTED = r"""
+// An extension that forgot eg_import(): every call must fail cleanly, never crash.
+#include <exitguard.h>
+#include <errno.h>
+
+static PyObject *calls(PyObject *m, PyObject *obj)
+{
+    (void)m;
+    eg_gil st;
+    int rc_ensure = eg_gil_ensure(NULL, &st);
+    eg_gil_release(&st);
+    eg_decref(obj);                       /* nothing done: the reference is kept */
+    eg_ref *r = eg_ref_new(obj);          /* NULL, RuntimeError set */
+    int had_error = r == NULL && PyErr_ExceptionMatches(PyExc_RuntimeError);
+    PyErr_Clear();
+    eg_log(EG_LOG_WARNING, "noimport", "lost");
+    eg_thread *t;
+    int rc_thread = eg_thread_start(&t, "x", NULL, NULL, NULL);
+    return Py_BuildValue("(iiis)", rc_ensure, had_error, rc_thread, eg_strerror(-ENOSYS));
+}
+
+static PyMethodDef methods[] = {{"calls", calls, METH_O, NULL}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "noimport", NULL, -1, methods,
+                                 NULL, NULL, NULL, NULL};
+PyMODINIT_FUNC PyInit_noimport(void) { return PyModule_Create(&def); }
+"""
+
+
+def test_calls_before_eg_import_fail_cleanly(run_py, tmp_path):
+    """A file that forgot eg_import() gets a message naming eg_import() and the file,
+    and error results -- not a NULL dereference (issue 11 item 8)."""
+    import sys
+
+    (tmp_path / "noimport.c").write_text(NOT_IMPORTED)
+    (tmp_path / "setup.py").write_text(
+        "from setuptools import Extension, setup\n"
+        "setup(name='noimport', ext_modules=[Extension('noimport', ['noimport.c'], include_dirs=[%r], "
+        "extra_compile_args=['-Wall', '-Wextra', '-Werror'])])\n" % exitguard.get_include()
+    )
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    res = run_py(
+        """
+        import sys, json, errno
+        sys.path.insert(0, %r)
+        import exitguard, noimport
+        o = object()
+        before = sys.getrefcount(o)
+        rc_ensure, raised, rc_thread, text = noimport.calls(o)
+        print(json.dumps({"ensure": rc_ensure, "raised": raised, "thread": rc_thread, "text": text,
+                          "kept": sys.getrefcount(o) == before, "ENOSYS": -errno.ENOSYS}))
+        """ % str(tmp_path)
+    )
+    from conftest import assert_clean
+
+    assert_clean(res)
+    d = res.data
+    assert d["ensure"] == d["ENOSYS"] and d["thread"] == d["ENOSYS"], res.describe()
+    assert d["raised"] == 1 and d["kept"], res.describe()
+    assert "not imported" in d["text"]
+    assert "exitguard: eg_gil_ensure() called before eg_import() in noimport.c" in res.stderr, res.describe()
+    assert res.stderr.count("called before eg_import()") == 1       # said once per file

@@ -133,3 +133,42 @@ import exitguard, egtest
     assert_clean(res)
     assert "WARNING:egtest.native:t0 m0\n" in res.stderr, res.describe()
     assert "WARNING:egtest.native:t0 m1\n" in res.stderr
+
+
+def test_logger_names_built_at_run_time(run_py):
+    """Three logger names formatted into one reused buffer reach three loggers, each
+    at its own level and with its own handler (issue 11 item 12: the level cache was
+    keyed by the name's address, so all three went to the first); a name and a message
+    that are not valid UTF-8 arrive with replacement characters (item 7)."""
+    res = run_py(
+        """
+        import json, logging, exitguard, egtest
+        got = {}
+        class Keep(logging.Handler):
+            def __init__(self, tag):
+                super().__init__()
+                self.tag = tag
+            def emit(self, record):
+                got.setdefault(self.tag, []).append((record.name, record.getMessage()))
+        levels = {"stream.0": logging.DEBUG, "stream.1": logging.WARNING, "stream.2": logging.INFO}
+        for name, level in levels.items():
+            lg = logging.getLogger(name)
+            lg.setLevel(level)
+            lg.propagate = False
+            lg.addHandler(Keep(name))
+        bad = logging.getLogger("stream.bad\\ufffd")
+        bad.propagate = False
+        bad.addHandler(Keep("bad"))
+        bad.setLevel(logging.DEBUG)
+        egtest.log_runtime_names(3, "stream", logging.INFO)
+        exitguard._core._phase2()          # delivers everything queued, then stops
+        print(json.dumps({"got": got, "stats": {k: v for k, v in exitguard.stats().items() if k.startswith("log_")}}))
+        """
+    )
+    assert_clean(res)
+    got = res.data["got"]
+    assert got.get("stream.0") == [["stream.0", "to stream.0"]], res.describe()
+    assert "stream.1" not in got                     # INFO is below its WARNING
+    assert got.get("stream.2") == [["stream.2", "to stream.2"]], res.describe()
+    assert got.get("bad") == [["stream.bad\ufffd", "bytes \ufffd( here"]], res.describe()
+    assert "Traceback" not in res.stderr and "Exception ignored" not in res.stderr

@@ -3,8 +3,9 @@
  * a running interpreter.
  *
  * N producer threads push M decrefs each (and come and go in waves, so lanes
- * are orphaned and reclaimed) while one consumer drains concurrently with the
- * real eg__decref_drain_sc -- the real Dekker/membarrier protocol, the real
+ * are orphaned and reclaimed) while one consumer drains -- and a statistics
+ * reader walks the lanes it frees -- concurrently with the real
+ * eg__decref_drain_sc -- the real Dekker/membarrier protocol, the real
  * segment recycling.  The "objects" are plain PyObject structs with a large
  * reference count: Py_DECREF only decrements them, so at the end every object
  * must have lost exactly one reference per push: nothing lost, nothing applied
@@ -54,6 +55,22 @@ producer(void *arg)
     return NULL;        /* thread exit orphans this wave's lane */
 }
 
+/* The statistics reader: walks the lanes (eg__decref_pending_count) while
+ * the consumer unlinks and frees orphaned ones -- what stats() does on a
+ * free-threaded build, with no GIL between them.  Under ASan a lane freed
+ * beneath the walk is a use-after-free report. */
+static void *
+counter(void *arg)
+{
+    (void)arg;
+    uint64_t walks = 0;
+    while (!atomic_load(&producers_done)) {
+        (void)eg__decref_pending_count(in);
+        walks++;
+    }
+    return (void *)(uintptr_t)walks;
+}
+
 static void *
 consumer(void *arg)
 {
@@ -88,8 +105,9 @@ main(void)
         Py_SET_REFCNT(&objs[i], BASE_REFCNT);
     }
 
-    pthread_t cons;
+    pthread_t cons, cnt;
     pthread_create(&cons, NULL, consumer, NULL);
+    pthread_create(&cnt, NULL, counter, NULL);
     for (int w = 0; w < WAVES; w++) {
         pthread_t prods[PRODUCERS];
         prod_t args[PRODUCERS];
@@ -103,6 +121,7 @@ main(void)
     }
     atomic_store(&producers_done, 1);
     pthread_join(cons, NULL);
+    pthread_join(cnt, NULL);
     PyEval_RestoreThread(main_ts);
     Py_ssize_t last = eg__decref_drain_sc(in);      /* what the race left */
 

@@ -1409,6 +1409,50 @@ t_log_detached(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* log_runtime_names(n, prefix, level): log one message to each of the loggers
+ * "<prefix>.0" ... "<prefix>.n-1", the name formatted each time into the same
+ * stack buffer -- the shape that an address-keyed cache sent to the first
+ * name ever seen there -- and one message whose text and logger name are not
+ * valid UTF-8.  From a raw thread, joined with the GIL released. */
+typedef struct {
+    int n, level;
+    char prefix[64];
+} runtime_names_t;
+
+static void *
+runtime_names_main(void *arg)
+{
+    runtime_names_t *r = arg;
+    char name[96];
+    for (int i = 0; i < r->n; i++) {
+        snprintf(name, sizeof(name), "%s.%d", r->prefix, i);
+        eg_log(r->level, name, "to %s", name);
+    }
+    snprintf(name, sizeof(name), "%s.bad\xff", r->prefix);
+    eg_log(r->level, name, "bytes \xc3\x28 here");
+    return NULL;
+}
+
+static PyObject *
+t_log_runtime_names(PyObject *m, PyObject *args)
+{
+    (void)m;
+    runtime_names_t r;
+    const char *prefix;
+    if (!PyArg_ParseTuple(args, "isi", &r.n, &prefix, &r.level)) {
+        return NULL;
+    }
+    snprintf(r.prefix, sizeof(r.prefix), "%s", prefix);
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, runtime_names_main, &r) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(tid, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 t_logged(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
@@ -1679,6 +1723,40 @@ t_cq_complete_futures(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* cq_post_keeper(q): post a C callback that, run cancelled while q is being
+ * deallocated, takes a new reference to q (a borrowed pointer an extension
+ * object kept): it must get a live, closed queue, not freed memory. */
+static PyObject *cq_kept_obj;
+
+static void
+cq_keeper_cb(void *arg, int cancelled)
+{
+    if (cancelled && cq_kept_obj == NULL) {
+        cq_kept_obj = Py_NewRef((PyObject *)arg);
+    }
+}
+
+static PyObject *
+t_cq_post_keeper(PyObject *m, PyObject *obj)
+{
+    (void)m;
+    eg_cq *q = eg_cq_from_object(obj);
+    if (q == NULL) {
+        return NULL;
+    }
+    int rc = eg_cq_post(q, cq_keeper_cb, obj);   /* borrowed on purpose */
+    return PyLong_FromLong(rc);
+}
+
+static PyObject *
+t_cq_kept(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    PyObject *o = cq_kept_obj;
+    cq_kept_obj = NULL;
+    return o ? o : Py_NewRef(Py_None);
+}
+
 static PyObject *
 t_cq_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
@@ -1812,6 +1890,7 @@ static PyMethodDef methods[] = {
     {"job_items", t_job_items, METH_NOARGS, NULL},
     {"log_detached", t_log_detached, METH_VARARGS, NULL},
     {"logged", t_logged, METH_NOARGS, NULL},
+    {"log_runtime_names", t_log_runtime_names, METH_VARARGS, NULL},
     {"crash", t_crash, METH_NOARGS, NULL},
     {"leak_bytes", t_leak_bytes, METH_O, NULL},
     {"fatal", t_fatal, METH_NOARGS, NULL},
@@ -1822,6 +1901,8 @@ static PyMethodDef methods[] = {
     {"cq_post_many", t_cq_post_many, METH_VARARGS, NULL},
     {"cq_complete_futures", t_cq_complete_futures, METH_VARARGS, NULL},
     {"cq_counts", t_cq_counts, METH_NOARGS, NULL},
+    {"cq_post_keeper", t_cq_post_keeper, METH_O, NULL},
+    {"cq_kept", t_cq_kept, METH_NOARGS, NULL},
     {"churned", t_churned, METH_NOARGS, NULL},
     {"stash_get", t_stash_get, METH_NOARGS, NULL},
     {"report_at_exit", t_report_at_exit, METH_NOARGS, NULL},
