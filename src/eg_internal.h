@@ -215,11 +215,14 @@ void eg__kicker_after_fork_child(void);  /* pthread_atfork child */
 #define EG_REF_CHUNK0_LOG2 10u
 #define EG_REF_CHUNK0 (1u << EG_REF_CHUNK0_LOG2)
 #define EG_REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
+#define EG__REF_HANDED_OUT UINT32_MAX     /* never a link: see eg_ref */
 
 struct eg_ref {
     _Atomic(PyObject *) obj;   /* NULL once released (by owner or sweep) */
     eg__interp *interp;
-    _Atomic uint32_t next_free;   /* free list link: index + 1, 0 = end */
+    /* Free list link (index + 1, 0 = end) while free; EG__REF_HANDED_OUT
+     * from eg_ref_new until its release is on its way back. */
+    _Atomic uint32_t next_free;
     uint32_t index;
 #ifdef EG_DEBUG
     _Atomic uint32_t live;        /* 1 between eg_ref_new and release */
@@ -234,7 +237,6 @@ typedef struct {
     _Atomic uint32_t nchunks;                      /* published chunks */
     _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
     _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
-    _Atomic uint64_t in_use;     /* slots handed out and not yet freed */
 } eg__registry;
 
 void eg__registry_init(eg__registry *reg);

@@ -142,8 +142,11 @@ eg__ref_alloc(eg__interp *in)
                 &reg->free_head, &head, eg__free_head(head, next),
                 memory_order_acquire, memory_order_acquire)) {
             /* Relaxed: only record reuse reads it, once the interpreter is
-             * gone and every slot came back (the free-list CAS ordered). */
-            atomic_fetch_add_explicit(&reg->in_use, 1, memory_order_relaxed);
+             * gone; a plain store, not a counter, keeps the pair cheap.  A
+             * pop that lost the race for this slot read its link before
+             * and fails its CAS on the tag, so the mark cannot mislead it. */
+            atomic_store_explicit(&s->next_free, EG__REF_HANDED_OUT,
+                                  memory_order_relaxed);
             return s;
         }
     }
@@ -152,10 +155,8 @@ eg__ref_alloc(eg__interp *in)
 static inline void
 eg__ref_free(eg__registry *reg, eg_ref *s)
 {
+    /* The push overwrites the mark with the slot's link. */
     eg__free_push_chain(reg, s, s);
-    /* Release, after the push: a reuser that reads 0 (acquire) finds the
-     * slot back on the free list. */
-    atomic_fetch_sub_explicit(&reg->in_use, 1, memory_order_release);
 }
 
 /* ---- Public API ---------------------------------------------------------- */
@@ -301,7 +302,23 @@ eg__registry_init(eg__registry *reg)
 int
 eg__registry_reusable(eg__registry *reg)
 {
-    return atomic_load_explicit(&reg->in_use, memory_order_acquire) == 0;
+    /* A scan, done only when an ended interpreter's record is considered
+     * for a new one: no slot may still be handed out (a native thread
+     * could release it into the new life). */
+    uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
+                                            memory_order_acquire);
+    for (uint32_t k = 0; k < nchunks; k++) {
+        eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
+                                             memory_order_acquire);
+        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+            if (atomic_load_explicit(&chunk[i].next_free,
+                                     memory_order_acquire)
+                    == EG__REF_HANDED_OUT) {
+                return 0;
+            }
+        }
+    }
+    return 1;
 }
 
 void
