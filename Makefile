@@ -47,7 +47,7 @@ TORTURE_SEED ?=
 
 test: install
 	$(MAKE) --no-print-directory -C tests/c run PYTHON=$(abspath $(VPY)) OUT=build/$(PYVER)
-	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. $(PYTEST_ARGS)
+	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. --basetemp=$(abspath $(VENV))/pytest-tmp $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory torture
 
 # Randomized shutdown scenarios, each in a fresh interpreter; prints its seed and,
