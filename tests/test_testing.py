@@ -105,6 +105,10 @@ def test_detects_a_crash(clean_exit):
 
 def _run_pytest(tmp_path, extra_args, extra_env):
     (tmp_path / "test_user.py").write_text(FIXTURE_TEST)
+    # A project of its own: pytest looks for its configuration upwards, and
+    # the temporary folder may be inside this repository (make test puts it
+    # in the venv), whose pyproject.toml names pytest-timeout's option.
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
     env = dict(os.environ, **extra_env)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "test_user.py")] + extra_args,
