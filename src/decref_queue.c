@@ -42,12 +42,10 @@
  * With both fences, either D sees P's item, or P sees requested == 0 and
  * requests a new drain; an item is never left behind with nobody asked to
  * apply it.  F_P sits on the hot path and a full fence costs as much as the
- * whole push, so the fences are asymmetric: F_P is a compiler barrier only
- * and F_D is membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which makes every
- * running thread of the process execute a full barrier -- the rare side pays
- * (liburcu's "memb" flavour works the same way).  Where membarrier is not
- * available (old kernels, seccomp, ThreadSanitizer builds that cannot see
- * it) both fences are seq_cst fences.
+ * whole push, so the fences are asymmetric (fence.h): F_P is a compiler
+ * barrier and F_D a membarrier(2) call, which runs a full barrier on every
+ * thread of the process -- the rare side pays.  Where membarrier is missing
+ * both are full fences.
  *
  * Synchronization table (what may run concurrently with what):
  *
@@ -80,10 +78,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#if defined(__linux__)
-#  include <linux/membarrier.h>
-#  include <sys/syscall.h>
-#endif
 
 /* The kicker's eventfd and its list of interpreters whose queue waits for a
  * drain (kicker.c takes them).  The list is a lock-free stack linked
@@ -94,36 +88,13 @@ static _Atomic(eg__interp *) eg__kicked;
 
 /* ---- Fences ---------------------------------------------------------------- */
 
-/* 1 when the drainer's membarrier makes the pusher's compiler barrier
- * enough.  Written once per process (and again in a forked child) before
- * any producer can exist in that process. */
-static _Atomic int eg__membarrier_ok;
-/* Set when a membarrier call failed after registration; the drain that saw
- * it leaves `requested` set so that one more drain runs. */
+/* Set when the drainer's membarrier failed (fence.h); the drain that saw it
+ * leaves `requested` set so that one more drain runs. */
 static _Atomic int eg__fence_failed;
-
-static int
-eg__membarrier_register(void)
-{
-#if defined(__linux__) && defined(__NR_membarrier) && !defined(EG_TSAN)
-    /* QUERY tells whether the kernel knows the command; REGISTER must
-     * precede any PRIVATE_EXPEDITED call from this process. */
-    long cmds = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-    if (cmds < 0 || !(cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED)) {
-        return 0;
-    }
-    return syscall(__NR_membarrier,
-                   MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-#else
-    return 0;
-#endif
-}
 
 void
 eg__decref_process_init(void)
 {
-    atomic_store_explicit(&eg__membarrier_ok, eg__membarrier_register(),
-                          memory_order_relaxed);
     atomic_store_explicit(&eg__kicked, NULL, memory_order_relaxed);
     if (eg__kick_efd < 0) {
         eg__kick_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -133,44 +104,16 @@ eg__decref_process_init(void)
     }
 }
 
-/* F_P: orders the pusher's publication of `head` before its load of
- * `requested`.  A compiler barrier when the drainer uses membarrier: the
- * barrier IPI turns it into a full fence exactly when it matters. */
-static inline void
-eg__fence_producer(void)
-{
-    if (EG_LIKELY(atomic_load_explicit(&eg__membarrier_ok,
-                                       memory_order_relaxed))) {
-        atomic_signal_fence(memory_order_seq_cst);
-    }
-    else {
-        eg__full_fence();
-    }
-}
-
 /* F_D: orders the drainer's `requested = 0` before its loads of the heads,
- * and pairs with F_P in every running producer. */
+ * and pairs with F_P (eg__fence_light) in every running producer.  If the
+ * membarrier failed, producers that ran a bare compiler barrier just before
+ * are caught by one more drain. */
 static void
 eg__fence_drainer(void)
 {
-#if defined(__linux__) && defined(__NR_membarrier)
-    if (atomic_load_explicit(&eg__membarrier_ok, memory_order_relaxed)) {
-        if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)
-                == 0) {
-            return;
-        }
-        /* Only an unregistered process gets an error here, and the fork
-         * handler registers the child again; if it still fails, switch
-         * every producer to full fences for good and make sure another
-         * drain follows: producers that ran a bare compiler barrier before
-         * the switch are then caught by that drain. */
-        atomic_store_explicit(&eg__membarrier_ok, 0, memory_order_seq_cst);
-        eg__full_fence();
+    if (eg__fence_heavy() < 0) {
         atomic_store_explicit(&eg__fence_failed, 1, memory_order_relaxed);
-        return;
     }
-#endif
-    eg__full_fence();
 }
 
 /* ---- Per-thread lanes -------------------------------------------------- */
@@ -452,7 +395,7 @@ eg__decref_push_mp(eg__interp *in, PyObject *obj)
                           memory_order_relaxed);
 
 kick:
-    eg__fence_producer();
+    eg__fence_light();       /* F_P */
     if (EG_UNLIKELY(!atomic_load_explicit(&q->requested,
                                           memory_order_relaxed))) {
         eg__request_drain(in);

@@ -44,12 +44,39 @@
  * condition variable; resume broadcasts under the lock after clearing the
  * bit, and waiters re-check the bit under the lock before sleeping.
  *
+ * Seats.  A thread that passes a door thousands of times a second (the
+ * gate: every eg_gil_ensure) pays for each read-modify-write of the shared
+ * word -- 5-8 ns uncontended, more when threads share the line.  A seat is
+ * such a thread's own counter, listed in the door: entering stores
+ * inside + 1 into it and then loads the word; leaving stores inside - 1
+ * and loads the word again.  The owner, after its RMW of the word
+ * (begin_close, pause), forces a full memory barrier on every running
+ * thread of the process -- membarrier(2), MEMBARRIER_CMD_PRIVATE_EXPEDITED,
+ * the asymmetric fence of liburcu's "memb" flavour and folly -- and only
+ * then reads the seats, under the lock.  Why nobody slips in: the barrier
+ * the kernel runs for the entrant's CPU falls somewhere in the entrant's
+ * program.  Before its store, and its load, which comes later, reads the
+ * owner's RMW (made before the membarrier call): it backs out.  After its
+ * store, and the store is visible before membarrier returns, so the
+ * owner's count, taken after, includes it.  The compiler barrier keeps the
+ * store and the load in that program order; what the kernel's barrier
+ * rules out is the CPU letting the load pass the store (store buffering),
+ * the one reordering x86 does.  A leave is the same pair the other way:
+ * either the owner's scan sees the smaller count, or the leaver's load sees
+ * the door closing or paused and it broadcasts under the lock, which the
+ * owner holds from its scan until it sleeps -- no lost wake-up.  Where
+ * membarrier is missing (old kernels, some sandboxes, valgrind), both
+ * fences are full ones (fence.h): Dekker's handshake, correct with no help
+ * from the kernel, and as costly as the RMW it replaces.
+ *
  *   operation         | runs on          | concurrent with
  *   ------------------+------------------+--------------------------------
  *   enter / leave     | any thread       | each other, every owner op
  *   begin/finish_close| the owner        | enter (fails), leave, pause
  *   pause / resume    | any (nests)      | enter (waits), leave, close
  *   wait_empty        | the owner        | leave (wakes it)
+ *   seat enter/leave  | the seat's thread| every owner op, seat add/remove
+ *   seat add / remove | under the lock   | wait_empty's scan
  *   state / inside    | any              | everything (snapshots)
  *
  * What the door does not do: hand out a fairness order, wake entrants of a
@@ -97,6 +124,9 @@ eg__door_init(eg__door *d, uint64_t inside)
     }
     pthread_condattr_destroy(&attr);
     d->pause_depth = 0;
+    /* A forked child's seats of vanished threads are forgotten (their
+     * memory with them); the caller puts back the surviving thread's. */
+    d->seats = NULL;
     /* Keep the state (a forked child of a stopping parent is stopping too);
      * clear the pause; count only the threads that still exist.  Relaxed:
      * init runs before any other thread can see the door (or, in a forked
@@ -188,26 +218,57 @@ eg__door_begin_close(eg__door *d)
     return w & EG__DOOR_COUNT;
 }
 
+/* Under the lock, after a remote fence: the threads inside, counted and
+ * seated.  Acquire: pairs with the release of every leave, so the owner
+ * sees every write a departed thread made inside. */
+static uint64_t
+eg__door_count_locked(eg__door *d)
+{
+    uint64_t n = atomic_load_explicit(&d->word, memory_order_acquire)
+                 & EG__DOOR_COUNT;
+    for (eg__door_seat *s = d->seats; s != NULL; s = s->next) {
+        n += atomic_load_explicit(&s->inside, memory_order_seq_cst);
+    }
+    return n;
+}
+
 uint64_t
 eg__door_wait_empty(eg__door *d, const struct timespec *deadline)
 {
-    /* Acquire: pairs with the release in leave, so the owner sees every
-     * write a departed thread made inside. */
-    uint64_t inside = atomic_load_explicit(&d->word, memory_order_acquire)
-                      & EG__DOOR_COUNT;
-    if (inside == 0) {
-        return 0;
-    }
+    uint64_t inside;
     eg__door_lock(d);
-    while ((inside = atomic_load_explicit(&d->word, memory_order_acquire)
-                     & EG__DOOR_COUNT) != 0) {
-        int rc = pthread_cond_timedwait(&d->changed, &d->lock, deadline);
-        if (rc == ETIMEDOUT) {
-            inside = atomic_load_explicit(&d->word, memory_order_acquire)
-                     & EG__DOOR_COUNT;
+    for (;;) {
+        /* Every seat's store before this point is visible to the count,
+         * and every seat's load after it sees our earlier RMW (DESIGN,
+         * Seats).  If the kernel let us down, seats that entered with a
+         * bare compiler barrier just before may not be counted yet: count
+         * again a little later (their stores are in flight, not lost). */
+        int unsure = eg__fence_heavy() < 0;
+        inside = eg__door_count_locked(d);
+        if (inside == 0 && !unsure) {
             break;
         }
-        if (rc != 0) {
+        struct timespec until = *deadline;
+        if (unsure) {
+            struct timespec soon;
+            clock_gettime(CLOCK_MONOTONIC, &soon);
+            soon.tv_nsec += 1000000L;
+            if (soon.tv_nsec >= 1000000000L) {
+                soon.tv_sec++;
+                soon.tv_nsec -= 1000000000L;
+            }
+            if (soon.tv_sec < until.tv_sec || (soon.tv_sec == until.tv_sec
+                                               && soon.tv_nsec < until.tv_nsec)) {
+                until = soon;
+            }
+        }
+        int rc = pthread_cond_timedwait(&d->changed, &d->lock, &until);
+        if (rc == ETIMEDOUT && !unsure) {
+            (void)eg__fence_heavy();
+            inside = eg__door_count_locked(d);
+            break;
+        }
+        if (rc != 0 && rc != ETIMEDOUT) {
             abort();
         }
     }
@@ -289,9 +350,95 @@ eg__door_state(const eg__door *d)
 }
 
 uint64_t
-eg__door_inside(const eg__door *d)
+eg__door_inside(eg__door *d)
 {
-    /* Relaxed: a snapshot for statistics and messages. */
-    return atomic_load_explicit(&((eg__door *)d)->word, memory_order_relaxed)
-           & EG__DOOR_COUNT;
+    /* A snapshot for statistics, messages and the owner's reuse check. */
+    eg__door_lock(d);
+    uint64_t n = eg__door_count_locked(d);
+    eg__door_unlock(d);
+    return n;
+}
+
+/* ---- Seats ----------------------------------------------------------------- */
+
+void
+eg__door_seat_add(eg__door *d, eg__door_seat *s)
+{
+    eg__door_lock(d);
+    s->prev = NULL;
+    s->next = d->seats;
+    if (d->seats != NULL) {
+        d->seats->prev = s;
+    }
+    d->seats = s;
+    eg__door_unlock(d);
+}
+
+void
+eg__door_seat_remove(eg__door *d, eg__door_seat *s)
+{
+    eg__door_lock(d);
+    if (s->prev != NULL) {
+        s->prev->next = s->next;
+    }
+    else if (d->seats == s) {
+        d->seats = s->next;
+    }
+    if (s->next != NULL) {
+        s->next->prev = s->prev;
+    }
+    s->prev = s->next = NULL;
+    uint32_t left = atomic_load_explicit(&s->inside, memory_order_relaxed);
+    if (left != 0) {
+        /* Its thread exited inside: it stays counted, on the word.  The
+         * lock orders this against the owner's scans. */
+        atomic_fetch_add_explicit(&d->word, left, memory_order_relaxed);
+        atomic_store_explicit(&s->inside, 0, memory_order_relaxed);
+    }
+    eg__door_unlock(d);
+}
+
+/* The enter's load found the door closing, closed or paused: take the
+ * count back (waking an owner that may be waiting for exactly this seat),
+ * then give up or wait out the pause and try again. */
+int
+eg__door_enter_seated_slow(eg__door *d, eg__door_seat *s)
+{
+    /* A pause holds back new entrants only: a thread already inside
+     * through this seat (a nested enter) goes on, or the pauser would wait
+     * for a thread that waits for it. */
+    uint64_t w0 = atomic_load_explicit(&d->word, memory_order_acquire);
+    if ((w0 >> EG__DOOR_SHIFT) == EG__DOOR_OPEN
+            && atomic_load_explicit(&s->inside, memory_order_relaxed) > 1) {
+        return 0;
+    }
+    for (;;) {
+        uint32_t n = atomic_load_explicit(&s->inside, memory_order_relaxed);
+        atomic_store_explicit(&s->inside, n - 1, memory_order_seq_cst);
+        eg__door_leave_seated_slow(d);
+        uint64_t w = atomic_load_explicit(&d->word, memory_order_relaxed);
+        if ((w >> EG__DOOR_SHIFT) != EG__DOOR_OPEN) {
+            return -ESHUTDOWN;
+        }
+        eg__door_wait_resumed(d);
+        /* The same store-load pair as the fast path; seq_cst here, this is
+         * the slow path. */
+        atomic_store_explicit(&s->inside, n, memory_order_seq_cst);
+        w = atomic_load_explicit(&d->word, memory_order_seq_cst);
+        if ((w >> EG__DOOR_SHIFT) == EG__DOOR_OPEN
+                && !(w & EG__DOOR_PAUSED)) {
+            return 0;
+        }
+    }
+}
+
+/* A leave (or a backed-out enter) saw the door closing or paused: the owner
+ * may be waiting for this seat.  It re-counts under the lock before it
+ * sleeps, so broadcasting under the lock cannot be missed. */
+void
+eg__door_leave_seated_slow(eg__door *d)
+{
+    eg__door_lock(d);
+    pthread_cond_broadcast(&d->changed);
+    eg__door_unlock(d);
 }

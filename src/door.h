@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "fence.h"
+
 /* The word: bits 62-63 the state, bit 61 paused, bits 0-60 the count. */
 #define EG__DOOR_OPEN     0ull
 #define EG__DOOR_CLOSING  1ull
@@ -41,11 +43,24 @@
 #define EG__DOOR_PAUSED   (1ull << 61)
 #define EG__DOOR_COUNT    (EG__DOOR_PAUSED - 1)
 
+/* A seat: one thread's own way through a door, for threads that pass it
+ * often (the gate's cached thread states).  Its owner counts itself in and
+ * out by plain stores to `inside` -- no read-modify-write of the shared
+ * word -- and the door's owner reads every seat after forcing a memory
+ * barrier on every thread of the process (fence.h; door.c, DESIGN).
+ * A seat is listed in its door from eg__door_seat_add to
+ * eg__door_seat_remove. */
+typedef struct eg__door_seat {
+    _Atomic uint32_t inside;       /* its thread's nested enters; owner writes */
+    struct eg__door_seat *prev, *next;      /* under the door's lock */
+} eg__door_seat;
+
 typedef struct {
     _Atomic uint64_t word;
-    pthread_mutex_t lock;          /* with `changed`; protects pause_depth */
+    pthread_mutex_t lock;          /* with `changed`; protects pause_depth, seats */
     pthread_cond_t changed;        /* emptied while closing/paused; resumed */
     int pause_depth;               /* nested pauses (concurrent forks) */
+    eg__door_seat *seats;          /* every listed seat */
 } eg__door;
 
 /* Make an OPEN, empty door.  Also in a forked child (pthread_atfork child
@@ -88,8 +103,64 @@ void eg__door_reopen(eg__door *d);
 int eg__door_idle(eg__door *d);
 
 /* Any thread: the state (EG__DOOR_OPEN, _CLOSING, _CLOSED) and the count;
- * racy snapshots, for decisions the owner makes and for statistics. */
+ * racy snapshots, for decisions the owner makes and for statistics.  The
+ * count is the counted enters' plus every seat's. */
 uint64_t eg__door_state(const eg__door *d);
-uint64_t eg__door_inside(const eg__door *d);
+uint64_t eg__door_inside(eg__door *d);
+
+/* ---- Seats ---------------------------------------------------------------- */
+
+/* The seat's thread: list s in d (s->inside as it is: a forked child puts
+ * back the seats of the thread that survived). */
+void eg__door_seat_add(eg__door *d, eg__door_seat *s);
+/* Any thread, for a seat whose thread is not entering nor leaving it now
+ * (it has exited, or is the caller): take s out of d.  A seat still inside
+ * (its thread exited between enter and leave) leaves its count on the
+ * door's word, for good: the door's owner waits for it to its deadline, as
+ * for any thread inside. */
+void eg__door_seat_remove(eg__door *d, eg__door_seat *s);
+
+int eg__door_enter_seated_slow(eg__door *d, eg__door_seat *s);
+void eg__door_leave_seated_slow(eg__door *d);
+
+/* The seat's thread, not attached: count itself in through its seat.
+ * Returns 0, or -ESHUTDOWN once the door is closing or closed; waits while
+ * paused, unless already inside through s.  Nests.  No read-modify-write on the way in or out: a store, a
+ * compiler barrier and a load each (door.c, DESIGN, "Seats"). */
+static inline int
+eg__door_enter_seated_sc(eg__door *d, eg__door_seat *s)
+{
+    uint32_t n = atomic_load_explicit(&s->inside, memory_order_relaxed);
+    /* Relaxed store: the light fence and the owner's heavy one order it
+     * before the load (fence.h).  Acquire load: pairs with
+     * eg__door_reopen's release (what the owner set up for a new life). */
+    atomic_store_explicit(&s->inside, n + 1, memory_order_relaxed);
+    eg__fence_light();
+    uint64_t w = atomic_load_explicit(&d->word, memory_order_acquire);
+    if (__builtin_expect(w >> EG__DOOR_SHIFT == EG__DOOR_OPEN
+                         && !(w & EG__DOOR_PAUSED), 1)) {
+        return 0;
+    }
+    return eg__door_enter_seated_slow(d, s);
+}
+
+/* The seat's thread, inside through s: count itself out; wakes an owner
+ * waiting for the door to empty. */
+static inline void
+eg__door_leave_seated_sc(eg__door *d, eg__door_seat *s)
+{
+    uint32_t n = atomic_load_explicit(&s->inside, memory_order_relaxed);
+    /* Release: everything done inside happens before the owner's acquire
+     * load that reads the smaller count.  Then the same store-load pair as
+     * in enter: either the owner's scan sees this store, or this load sees
+     * the owner's RMW and wakes it. */
+    atomic_store_explicit(&s->inside, n - 1, memory_order_release);
+    eg__fence_light();
+    uint64_t w = atomic_load_explicit(&d->word, memory_order_relaxed);
+    if (__builtin_expect(w >> EG__DOOR_SHIFT != EG__DOOR_OPEN
+                         || (w & EG__DOOR_PAUSED), 0)) {
+        eg__door_leave_seated_slow(d);
+    }
+}
 
 #endif /* EG_DOOR_H */

@@ -39,6 +39,7 @@
 #include "exitguard.h"
 #include "eg_compat.h"
 #include "door.h"
+#include "fence.h"
 
 #define EG_CACHELINE 64
 
@@ -71,21 +72,6 @@ eg__mutex_unlock(pthread_mutex_t *m)
     if (pthread_mutex_unlock(m) != 0) {
         abort();
     }
-}
-
-/* A full (seq_cst) fence.  ThreadSanitizer does not model fences (gcc
- * refuses them with -fsanitize=thread), so TSan builds use a seq_cst
- * read-modify-write on a private atomic instead: the same barrier on the
- * hardware, and an operation TSan understands. */
-static inline void
-eg__full_fence(void)
-{
-#ifdef EG_TSAN
-    static _Atomic int eg__tsan_fence;
-    atomic_fetch_add_explicit(&eg__tsan_fence, 0, memory_order_seq_cst);
-#else
-    atomic_thread_fence(memory_order_seq_cst);
-#endif
 }
 
 /* pthread_atfork child: give `fd`, an eventfd, a fresh file description
@@ -193,7 +179,7 @@ void eg__decref_queue_init(eg__decref_queue *q);
 int eg__decref_reusable(eg__interp *in);
 void eg__decref_reset(eg__interp *in);
 void eg__decref_after_fork_child(eg__interp *in);
-void eg__decref_process_init(void);   /* once per process; see fences */
+void eg__decref_process_init(void);   /* once per process, and in a fork child */
 /* The kicker's side (kicker.c): its eventfd, written when a queue needs a
  * drain; taking the list of those queues, and popping one (any thread; the
  * kicker). */
@@ -288,9 +274,11 @@ typedef struct eg__tsentry eg__tsentry;
 
 typedef struct {
     eg__door door;                 /* who is inside; closes in phase 2 */
+    /* Counts of attaches through entries that left the list (entries count
+     * their own: eg__gate_attaches), and of nested attaches. */
     _Atomic uint64_t attach_ok;
     _Atomic uint64_t attach_refused;
-    _Atomic uint64_t guards;       /* PEP 788 guards taken (3.15 only) */
+    _Atomic uint64_t guards;       /* PEP 788 guards taken (3.15 only), same */
     _Atomic uint64_t reaped;       /* exited threads' states deleted */
     _Atomic uint32_t ndead;        /* entries of exited threads to reap */
     pthread_mutex_t ts_lock;       /* protects the entry lists */
@@ -304,10 +292,9 @@ void eg__gate_init(eg__gate *g);
 int eg__gate_reusable(eg__gate *g);
 void eg__gate_reopen(eg__gate *g);
 void eg__gate_after_fork_child(eg__interp *in);
-/* Any thread, not attached: 0 inside, or -ESHUTDOWN once the gate is not
- * OPEN.  Waits while a fork pauses the gate. */
-int eg__gate_enter(eg__gate *g);
-void eg__gate_leave(eg__gate *g);
+/* Any thread: successful attaches (and, through *guards, PEP 788 guards
+ * taken) so far -- the gate's retired counts plus its listed entries'. */
+uint64_t eg__gate_attaches(eg__gate *g, uint64_t *guards);
 /* Around os.fork() (eg__fork_prepare/parent in interp.c): pause the gate,
  * and, GIL released, wait until nobody is inside; then resume. */
 void eg__gate_pause(eg__gate *g);

@@ -2,31 +2,34 @@
  * gate.c -- the attach gate: native threads attach to an interpreter only
  * through it, and it closes before the interpreter can go away.
  *
- * CAUTION: eg__gate_enter/leave and the entry bookkeeping run on threads
+ * CAUTION: the seat enter/leave and the entry bookkeeping run on threads
  * with no thread state; they use atomics, pthreads and raw malloc only.
  * CPython is touched only between a successful enter and the matching
  * leave, which is the whole point.
  *
  * DESIGN
  *
- * Each interpreter's gate is one 64-bit word: a state in the top two bits
- * and the number of threads inside below.
+ * Each interpreter's gate is a door (door.h): a word with its state, and a
+ * seat per thread that attaches -- the thread's own count of attaches.
  *
- *     OPEN --phase 2 begins--> CLOSING --inside == 0 (or deadline)--> CLOSED
+ *     OPEN --phase 2 begins--> CLOSING --nobody inside (or deadline)--> CLOSED
  *
- * Entering is a CAS that increments the count only while the state is OPEN,
- * so no thread can slip in once closing began; leaving decrements it and,
- * when the gate is closing and the count reaches zero, wakes phase 2.  Phase
- * 2 waits with the GIL released (the threads inside may need it to finish)
- * and at most EXITGUARD_JOIN_TIMEOUT seconds.  A Py_IsFinalizing() check
- * alone cannot do this job: checking and then attaching is a race that
- * finalization wins now and then (pytorch#117762, PEP 788's rationale); the
- * gate turns it into a count that finalization waits for.
+ * Entering stores seat + 1 and then loads the word, and goes on only if it
+ * reads OPEN; leaving stores seat - 1.  Closing is one RMW of the word, a
+ * membarrier(2) (fence.h) and a count of the seats: the entrant either
+ * reads CLOSING and backs out, or is counted (door.c, DESIGN, "Seats").  So
+ * an attach costs no atomic read-modify-write -- three of them used to make
+ * it ~20 ns slower than a kept PyGILState pair.  Phase 2 waits with the GIL
+ * released (the threads inside may need it to finish) and at most
+ * EXITGUARD_JOIN_TIMEOUT seconds.  A Py_IsFinalizing() check alone cannot
+ * do this job: checking and then attaching is a race that finalization
+ * wins now and then (pytorch#117762, PEP 788's rationale); the gate turns
+ * it into a count that finalization waits for.
  *
  * The gate's invariant: the state only ever moves forward (OPEN, CLOSING,
  * CLOSED, each transition one atomic read-modify-write of the word), and a
- * thread is counted inside only if its increment happened while the word
- * read OPEN.  So once phase 2 has read a count of zero after CLOSING, no
+ * thread is inside only if its seat's store came before its load of the
+ * word read OPEN.  So once phase 2 has counted zero after CLOSING, no
  * thread is inside nor can get in, and phase 2 may delete thread states and
  * release objects.
  *
@@ -63,9 +66,10 @@
  *
  *   operation           | runs on              | concurrent with
  *   --------------------+----------------------+------------------------------
- *   gate enter / leave  | any thread           | each other, close
+ *   seat enter / leave  | the seat's thread    | each other, close, pause
  *   gate close          | phase 2, attached    | enter (fails), leave
  *   entry link / unlink | owning thread        | reap, phase 2 walk (ts_lock)
+ *   entry counts        | owner writes         | statistics sum (ts_lock)
  *   entry dies (exit)   | owning thread, no GIL| reap, phase 2 walk (ts_lock)
  *   reap                | attached to the interp | exits, other reaps (ts_lock)
  */
@@ -79,9 +83,14 @@
 struct eg__tsentry {
     eg__interp *rec;
     PyThreadState *ts;          /* under rec->gate.ts_lock; NULL: none */
-    _Atomic int in_use;         /* attaches through it now; owner writes */
+    /* The thread's seat in the gate's door: `seat.inside` is the number of
+     * attaches through this entry now (owner writes; others read it under
+     * ts_lock, for messages and stuck guards only). */
+    eg__door_seat seat;
+    _Atomic uint64_t attaches;  /* successful attaches; owner writes */
+    _Atomic uint64_t guards;    /* PEP 788 guards taken; owner writes */
     int dead;                   /* under ts_lock: the owner has exited */
-    _Atomic(eg__pyguard *) guard;   /* held while in_use > 0 */
+    _Atomic(eg__pyguard *) guard;   /* held while seat.inside > 0 */
     struct eg__tsentry *tls_next;             /* the owning thread's */
     struct eg__tsentry *rec_prev, *rec_next;  /* under ts_lock, with ts */
 };
@@ -122,6 +131,21 @@ eg__gate_reusable(eg__gate *g)
         && eg__door_inside(&g->door) == 0 && eg__door_idle(&g->door);
 }
 
+uint64_t
+eg__gate_attaches(eg__gate *g, uint64_t *guards)
+{
+    eg__mutex_lock(&g->ts_lock);
+    uint64_t n = atomic_load_explicit(&g->attach_ok, memory_order_relaxed);
+    uint64_t k = atomic_load_explicit(&g->guards, memory_order_relaxed);
+    for (eg__tsentry *e = g->entries; e != NULL; e = e->rec_next) {
+        n += atomic_load_explicit(&e->attaches, memory_order_relaxed);
+        k += atomic_load_explicit(&e->guards, memory_order_relaxed);
+    }
+    eg__mutex_unlock(&g->ts_lock);
+    *guards = k;
+    return n;
+}
+
 void
 eg__gate_reopen(eg__gate *g)
 {
@@ -130,18 +154,6 @@ eg__gate_reopen(eg__gate *g)
     atomic_store_explicit(&g->guards, 0, memory_order_relaxed);
     atomic_store_explicit(&g->reaped, 0, memory_order_relaxed);
     eg__door_reopen(&g->door);
-}
-
-int
-eg__gate_enter(eg__gate *g)
-{
-    return eg__door_enter_mp(&g->door);
-}
-
-void
-eg__gate_leave(eg__gate *g)
-{
-    eg__door_leave_mp(&g->door);
 }
 
 void
@@ -201,10 +213,30 @@ static _Thread_local eg__tls_states eg__tls_ts;
 static pthread_key_t eg__ts_key;
 static pthread_once_t eg__ts_once = PTHREAD_ONCE_INIT;
 
-/* Under ts_lock: take e out of the gate's list. */
+/* Under ts_lock: move e's counts into the gate's (statistics sum the
+ * listed entries' counts and the gate's). */
+static void
+eg__retire_counts(eg__gate *g, eg__tsentry *e)
+{
+    /* Relaxed: statistics; e's owner is the caller, or gone. */
+    atomic_fetch_add_explicit(&g->attach_ok,
+                              atomic_load_explicit(&e->attaches,
+                                                   memory_order_relaxed),
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&g->guards,
+                              atomic_load_explicit(&e->guards,
+                                                   memory_order_relaxed),
+                              memory_order_relaxed);
+    atomic_store_explicit(&e->attaches, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->guards, 0, memory_order_relaxed);
+}
+
+/* Under ts_lock: take e out of the gate's list, its counts into the
+ * gate's. */
 static void
 eg__unlink_entry(eg__gate *g, eg__tsentry *e)
 {
+    eg__retire_counts(g, e);
     if (e->rec_prev) {
         e->rec_prev->rec_next = e->rec_next;
     }
@@ -247,7 +279,8 @@ eg__tstates_release_self(void)
         int free_it = 1, still_inside = 0;
         eg__mutex_lock(&g->ts_lock);
         if (e->ts != NULL) {
-            if (atomic_load_explicit(&e->in_use, memory_order_relaxed) > 0) {
+            if (atomic_load_explicit(&e->seat.inside,
+                                     memory_order_relaxed) > 0) {
                 /* Exited between eg_gil_ensure and eg_gil_release: the
                  * state may still be active; it is never touched again. */
                 eg__unlink_entry(g, e);
@@ -269,6 +302,8 @@ eg__tstates_release_self(void)
                     (long long)e->rec->id);
         }
         if (free_it) {
+            /* Still inside: its count stays on the door (door.h). */
+            eg__door_seat_remove(&g->door, &e->seat);
             free(e);
         }
         e = next;
@@ -304,6 +339,7 @@ eg__tstates_reap(eg__interp *in)
         eg__tstate_forget_gilstate(e->ts);
         PyThreadState_Clear(e->ts);
         PyThreadState_Delete(e->ts);
+        eg__door_seat_remove(&g->door, &e->seat);
         free(e);
         atomic_fetch_add_explicit(&g->reaped, 1, memory_order_relaxed);
     }
@@ -326,8 +362,10 @@ eg__ts_key_create(void)
     }
 }
 
-/* Inside the gate: this thread's entry for `in` (created on first use, with
- * no thread state yet).  NULL when out of memory. */
+/* This thread's entry for `in`: created on first use, with no thread state
+ * yet and its seat in the gate's door (an entry of a closed gate is
+ * harmless: records live for ever, and a reused one takes it up again).
+ * NULL when out of memory. */
 static eg__tsentry *
 eg__entry_get(eg__interp *in)
 {
@@ -349,6 +387,7 @@ eg__entry_get(eg__interp *in)
     }
     e->tls_next = eg__tls_ts.entries;
     eg__tls_ts.entries = e;
+    eg__door_seat_add(&in->gate.door, &e->seat);
     return e;
 }
 
@@ -375,6 +414,40 @@ eg__entry_new_tstate(eg__interp *in, eg__tsentry *e)
 
 /* ---- Attach and release ------------------------------------------------------ */
 
+/* The outermost attach through e: keep its PEP 788 guard until the
+ * matching release.  Before 3.15 the "guard" is a token with nothing to
+ * close, and nothing is stored. */
+static inline void
+eg__entry_hold_guard(eg__tsentry *e, eg__pyguard *guard)
+{
+#if EG_HAVE_PEP788
+    /* Relaxed: only phase 2 reads it (under ts_lock), and only for a
+     * thread stuck past the join timeout; the count is statistics. */
+    atomic_store_explicit(&e->guard, guard, memory_order_relaxed);
+    atomic_store_explicit(&e->guards,
+                          atomic_load_explicit(&e->guards,
+                                               memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+#else
+    (void)e;
+    (void)guard;
+#endif
+}
+
+/* The outermost release through e: close its guard, unless phase 2 closed
+ * it already for a thread stuck past its deadline (the exchange decides
+ * who closes it). */
+static inline void
+eg__entry_drop_guard(eg__tsentry *e)
+{
+#if EG_HAVE_PEP788
+    eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
+                                             memory_order_relaxed));
+#else
+    (void)e;
+#endif
+}
+
 enum { EG_GIL_NESTED = 1, EG_GIL_ATTACHED = 2 };
 
 #define ST_REC(st)   ((st)->eg__private[0])
@@ -388,13 +461,13 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
     if (st == NULL) {
         return -EINVAL;
     }
-    memset(st, 0, sizeof(*st));
     if (h != NULL) {
         return eg__gil_ensure_record(h->rec, h->view, h->gen, st);
     }
     eg__interp *in = atomic_load_explicit(&eg__main_record,
                                           memory_order_acquire);
     if (in == NULL) {
+        memset(st, 0, sizeof(*st));
         return -ESHUTDOWN;
     }
     return eg__gil_ensure_record(in, NULL, 0, st);
@@ -421,7 +494,14 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
     /* Attached to another interpreter: step out of it first -- entering
      * may wait (a fork pauses the gate), and never while attached. */
     PyThreadState *prev = cur != NULL ? PyEval_SaveThread() : NULL;
-    if (eg__gate_enter(g) < 0) {
+    eg__tsentry *e = eg__entry_get(in);
+    if (e == NULL) {
+        goto nomem_restore;
+    }
+    /* Only this thread writes its seat: relaxed. */
+    int outermost = atomic_load_explicit(&e->seat.inside,
+                                         memory_order_relaxed) == 0;
+    if (eg__door_enter_seated_sc(&g->door, &e->seat) < 0) {
         goto refused_restore;
     }
     /* Inside, the record cannot be handed to a new interpreter (that needs
@@ -430,55 +510,41 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
      * the gate.  A handle of an earlier life is refused. */
     if (gen != 0 && atomic_load_explicit(&in->generation,
                                          memory_order_acquire) != gen) {
-        eg__gate_leave(g);
+        eg__door_leave_seated_sc(&g->door, &e->seat);
         goto refused_restore;
     }
     if (view == NULL) {
         view = in->view;
     }
-    eg__tsentry *e = eg__entry_get(in);
-    if (e == NULL) {
-        eg__gate_leave(g);
-        goto nomem_restore;
-    }
-    int outermost = atomic_load_explicit(&e->in_use,
-                                         memory_order_relaxed) == 0;
     if (outermost) {
         /* The PEP 788 guard (3.15; the old finalizing check before): held
          * until the matching release, so CPython cannot begin finalizing
          * under this thread even if our phase 2 never runs. */
         eg__pyguard *guard = eg__guard_from_view(view);
         if (guard == NULL) {
-            eg__gate_leave(g);
+            eg__door_leave_seated_sc(&g->door, &e->seat);
             goto refused_restore;
         }
-#if EG_HAVE_PEP788
-        atomic_fetch_add_explicit(&g->guards, 1, memory_order_relaxed);
-#endif
-        /* Relaxed: only phase 2 reads it (under ts_lock), and only for a
-         * thread stuck past the join timeout. */
-        atomic_store_explicit(&e->guard, guard, memory_order_relaxed);
+        eg__entry_hold_guard(e, guard);
     }
     if (e->ts == NULL && eg__entry_new_tstate(in, e) < 0) {
         if (outermost) {
-            eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
-                                                     memory_order_relaxed));
+            eg__entry_drop_guard(e);
         }
-        eg__gate_leave(g);
+        eg__door_leave_seated_sc(&g->door, &e->seat);
         goto nomem_restore;
     }
     ST_PREV(st) = prev;
-    /* Only this thread writes in_use; relaxed (phase 2 reads it under
-     * ts_lock, for its message and stuck guards only). */
-    atomic_store_explicit(&e->in_use,
-                          atomic_load_explicit(&e->in_use,
-                                               memory_order_relaxed) + 1,
-                          memory_order_relaxed);
     PyEval_RestoreThread(e->ts);
     ST_REC(st) = in;
     ST_ENTRY(st) = e;
     ST_MODE(st) = (void *)(uintptr_t)EG_GIL_ATTACHED;
-    atomic_fetch_add_explicit(&g->attach_ok, 1, memory_order_relaxed);
+    /* Owner-written, summed by statistics (eg__gate_attaches): a store, not
+     * a read-modify-write, on the hottest path there is. */
+    atomic_store_explicit(&e->attaches,
+                          atomic_load_explicit(&e->attaches,
+                                               memory_order_relaxed) + 1,
+                          memory_order_relaxed);
 #if EG_FREE_THREADED
     if (in->noop != NULL) {
         /* Let this thread merge the objects it owns that other threads
@@ -521,7 +587,9 @@ eg_gil_release(eg_gil *st)
     eg__interp *in = ST_REC(st);
     eg__tsentry *e = ST_ENTRY(st);
     eg__gate *g = &in->gate;
-    int depth = atomic_load_explicit(&e->in_use, memory_order_relaxed);
+    /* Only this thread writes its seat: relaxed. */
+    uint32_t depth = atomic_load_explicit(&e->seat.inside,
+                                          memory_order_relaxed);
     if (depth == 1 && !in->is_main) {
         /* A subinterpreter keeps no state of a thread that is outside it:
          * 3.9-3.11 refuse to run code in an interpreter with a second
@@ -539,17 +607,16 @@ eg_gil_release(eg_gil *st)
     else {
         (void)PyEval_SaveThread();
     }
-    atomic_store_explicit(&e->in_use, depth - 1, memory_order_relaxed);
     if (depth == 1) {
-        /* NULL when phase 2 closed it for us after the join timeout. */
-        eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
-                                                 memory_order_relaxed));
+        eg__entry_drop_guard(e);
     }
+    ST_MODE(st) = NULL;
+    /* Out of this gate before waiting for another interpreter's GIL: a
+     * phase 2 of this one must not wait for that. */
+    eg__door_leave_seated_sc(&g->door, &e->seat);
     if (ST_PREV(st) != NULL) {
         PyEval_RestoreThread((PyThreadState *)ST_PREV(st));
     }
-    ST_MODE(st) = NULL;
-    eg__gate_leave(g);
 }
 
 /* ---- Phase 2 ------------------------------------------------------------------ */
@@ -560,10 +627,8 @@ eg__gate_shut(eg__interp *in, const struct timespec *deadline)
     eg__gate *g = &in->gate;
     /* From here every enter fails; then wait for the ones inside to leave,
      * and close for good -- each step one atomic transition (door.c). */
-    uint64_t inside = eg__door_begin_close(&g->door);
-    if (inside != 0) {
-        inside = eg__door_wait_empty(&g->door, deadline);
-    }
+    (void)eg__door_begin_close(&g->door);
+    uint64_t inside = eg__door_wait_empty(&g->door, deadline);
     eg__door_finish_close(&g->door);
     if (inside != 0) {
         /* Threads stuck inside past the deadline keep their states.  On
@@ -573,7 +638,8 @@ eg__gate_shut(eg__interp *in, const struct timespec *deadline)
          * re-attach -- never let into a finalizing interpreter. */
         eg__mutex_lock(&g->ts_lock);
         for (eg__tsentry *e = g->entries; e != NULL; e = e->rec_next) {
-            if (atomic_load_explicit(&e->in_use, memory_order_relaxed) > 0) {
+            if (atomic_load_explicit(&e->seat.inside,
+                                     memory_order_relaxed) > 0) {
                 eg__guard_close(atomic_exchange_explicit(
                     &e->guard, NULL, memory_order_relaxed));
             }
@@ -631,7 +697,9 @@ eg__gate_after_fork_child(eg__interp *in)
 {
     eg__gate *g = &in->gate;
     eg__gate_init_locks(g);
-    uint64_t mine = 0;
+    /* A pause in progress is over; the seats of vanished threads are
+     * forgotten with their entries, this thread's are put back below. */
+    eg__door_init(&g->door, 0);
     /* Threads that were inside at fork time are gone, but on 3.15 the
      * guards they held were copied into the child with the interpreter's
      * guard count, and CPython's finalization of the child would wait for
@@ -642,6 +710,7 @@ eg__gate_after_fork_child(eg__interp *in)
     g->fork_orphans = NULL;
     for (eg__tsentry *e = g->entries, *next; e != NULL; e = next) {
         next = e->rec_next;
+        eg__retire_counts(g, e);
         if (!eg__entry_is_mine(e)
                 && atomic_load_explicit(&e->guard, memory_order_relaxed)) {
             e->rec_next = g->fork_orphans;
@@ -654,16 +723,16 @@ eg__gate_after_fork_child(eg__interp *in)
         if (e->rec != in) {
             continue;
         }
-        int in_use = atomic_load_explicit(&e->in_use, memory_order_relaxed);
-        mine += (uint64_t)in_use;
-        if (in_use > 0 && e->ts != NULL) {
+        /* Its seat keeps its count: this thread may be inside. */
+        eg__door_seat_add(&g->door, &e->seat);
+        if (atomic_load_explicit(&e->seat.inside, memory_order_relaxed) > 0
+                && e->ts != NULL) {
             eg__link_entry(g, e);
         }
         else {
             e->ts = NULL;
         }
     }
-    eg__door_init(&g->door, mine);      /* a pause in progress is over */
 }
 
 void

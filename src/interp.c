@@ -383,7 +383,8 @@ eg__atfork_child(void)
     if (pthread_mutex_init(&eg__records_lock, NULL) != 0) {
         abort();
     }
-    eg__decref_process_init();    /* membarrier registration is per mm */
+    eg__fence_process_init();     /* membarrier registration is per mm */
+    eg__decref_process_init();
     eg__log_after_fork_child();
     eg__kicker_after_fork_child();
     /* The forking thread is the child's main thread now (CPython makes it
@@ -427,6 +428,7 @@ eg__process_init_once(void)
                     eg__fork_timeout);
         }
     }
+    eg__fence_process_init();     /* before any door or queue is used */
     eg__decref_process_init();
     eg__log_process_init();
     eg__shutdown_process_init();

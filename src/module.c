@@ -863,6 +863,8 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         goto fail;
     }
     Py_DECREF(name);
+    uint64_t attach_guards;
+    uint64_t attach_ok = eg__gate_attaches(&in->gate, &attach_guards);
     if (eg__set_u64(d, "refs_live", eg__registry_live(&in->refs)) < 0
         || eg__set_u64(d, "refs_released_at_exit",
                        atomic_load(&in->refs.swept)) < 0
@@ -873,10 +875,10 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "kicks", atomic_load(&q->kicks)) < 0
         || eg__set_u64(d, "stoppers", eg__stoppers_count(in)) < 0
         || eg__set_u64(d, "threads_live", eg__threads_live(in)) < 0
-        || eg__set_u64(d, "attach_ok", atomic_load(&in->gate.attach_ok)) < 0
+        || eg__set_u64(d, "attach_ok", attach_ok) < 0
         || eg__set_u64(d, "attach_refused",
                        atomic_load(&in->gate.attach_refused)) < 0
-        || eg__set_u64(d, "attach_guards", atomic_load(&in->gate.guards)) < 0
+        || eg__set_u64(d, "attach_guards", attach_guards) < 0
         || eg__set_u64(d, "tstates_reaped", atomic_load(&in->gate.reaped)) < 0
         || PyDict_SetItemString(d, "pep788",
                                 EG_HAVE_PEP788 ? Py_True : Py_False) < 0
