@@ -1179,6 +1179,27 @@ t_leak_bytes(PyObject *m, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* The classic refcount leak: n objects created by this module and never
+ * DECREF'd.  Bytes objects, not GC-tracked ones (a list stays reachable
+ * through the GC's own links), so that valgrind sees each as definitely
+ * lost -- and the allocation stack's top frames are CPython's, with this
+ * module's below them. */
+static PyObject *
+t_leak_objects(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long n = PyLong_AsLong(arg);
+    if (n < 0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        if (PyBytes_FromStringAndSize(NULL, 1000) == NULL) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 t_crash(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
@@ -1281,6 +1302,7 @@ static PyMethodDef methods[] = {
     {"logged", t_logged, METH_NOARGS, NULL},
     {"crash", t_crash, METH_NOARGS, NULL},
     {"leak_bytes", t_leak_bytes, METH_O, NULL},
+    {"leak_objects", t_leak_objects, METH_O, NULL},
     {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
     {"log_enabled", t_log_enabled, METH_VARARGS, NULL},
