@@ -233,6 +233,7 @@ typedef struct {
     uint64_t next_seq;
     size_t count;                /* registered and not yet run */
     int phase1_done;             /* late registrations are refused */
+    uint64_t errors;             /* stoppers that raised (C or Python) */
 } eg__stoppers;
 
 void eg__stoppers_init(eg__stoppers *st);
@@ -245,6 +246,10 @@ eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
                                void *arg, void (*dtor)(void *),
                                int auto_free, int *err);
 size_t eg__stoppers_count(eg__interp *in);
+/* Attached, phase 1: a stopper raised (or, in C, left an exception set);
+ * counted for stats()["stopper_errors"]. */
+void eg__stoppers_note_error(eg__interp *in);
+uint64_t eg__stoppers_errors(eg__interp *in);
 
 /* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
 
@@ -296,8 +301,9 @@ typedef struct {
 void eg__threads_init(eg__threads *th);
 void eg__threads_after_fork_child(eg__threads *th);
 /* Phase 1, attached: ask every registered thread to stop and join them,
- * GIL released, within timeout_s in all; name the ones that did not end. */
-void eg__threads_stop_all(eg__interp *in, double timeout_s);
+ * GIL released, within timeout_s in all; name the ones that did not end.
+ * Returns how many were abandoned (did not end in time). */
+size_t eg__threads_stop_all(eg__interp *in, double timeout_s);
 size_t eg__threads_live(eg__interp *in);
 /* The calling thread was abandoned at exit: it may not attach again. */
 int eg__thread_self_abandoned(void);
@@ -353,6 +359,10 @@ struct eg__interp {
     PyObject *noop;                 /* free-threaded: see eg_compat.h */
     pthread_mutex_t cq_lock;        /* protects cqs */
     struct eg_cq *cqs;
+    /* Native threads exit went on without (shutdown.c): phase 1 join
+     * timeouts, and threads still inside the gate when phase 2 closed it. */
+    _Atomic uint64_t threads_abandoned;
+    _Atomic uint64_t gate_abandoned;
     eg__registry refs;              /* large: keep last */
 };
 
@@ -377,6 +387,9 @@ eg__attached_to(eg__interp *in)
         == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
 }
 void eg__interps_process_init(void);
+/* Any thread, no GIL: the newest record (follow next_record to the
+ * oldest; records are never freed and their links never change). */
+eg__interp *eg__interps_first(void);
 /* Is the caller the main thread (where CPython runs signal handlers)? */
 int eg__on_main_thread(void);
 /* Is the caller the thread running `in`'s stop phases? */

@@ -87,7 +87,8 @@ eg__phase1(eg__interp *in)
     /* Then the registered native threads, after the stoppers: a stopper
      * may be what unblocks them.  They may still attach while finishing:
      * the gate stays open until phase 2. */
-    eg__threads_stop_all(in, eg__join_timeout);
+    size_t abandoned = eg__threads_stop_all(in, eg__join_timeout);
+    atomic_fetch_add(&in->threads_abandoned, abandoned);
 }
 
 static void
@@ -154,7 +155,8 @@ eg__phase2(eg__interp *in)
     }
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */
-    (void)eg__gate_close(in, eg__join_timeout);
+    uint64_t inside = eg__gate_close(in, eg__join_timeout);
+    atomic_fetch_add(&in->gate_abandoned, inside);
     /* Completions nobody will run now: call them cancelled, cancel their
      * futures (unless the loop is closed), release what they held. */
     eg__cq_close_all(in);

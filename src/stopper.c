@@ -316,9 +316,11 @@ eg__stoppers_run(eg__interp *in)
 
         s->stop(s->arg);
         if (PyErr_Occurred()) {
-            /* A C stopper must not leave an exception set; report it and
-             * go on with the others. */
+            /* A C stopper must not leave an exception set; report it,
+             * count it (a raising stopper is a bad exit for
+             * exitguard.testing) and go on with the others. */
             PyErr_WriteUnraisable(NULL);
+            eg__stoppers_note_error(in);
         }
 
         eg__mutex_lock(&st->lock);
@@ -335,6 +337,23 @@ eg__stoppers_run(eg__interp *in)
      * and a RUNNING predecessor is impossible here).  Close the list. */
     st->phase1_done = 1;
     eg__mutex_unlock(&st->lock);
+}
+
+void
+eg__stoppers_note_error(eg__interp *in)
+{
+    eg__mutex_lock(&in->stoppers.lock);
+    in->stoppers.errors++;
+    eg__mutex_unlock(&in->stoppers.lock);
+}
+
+uint64_t
+eg__stoppers_errors(eg__interp *in)
+{
+    eg__mutex_lock(&in->stoppers.lock);
+    uint64_t n = in->stoppers.errors;
+    eg__mutex_unlock(&in->stoppers.lock);
+    return n;
 }
 
 size_t

@@ -329,7 +329,7 @@ eg_thread_join(eg_thread *t, double timeout_s)
     return rc < 0 ? rc : 0;
 }
 
-void
+size_t
 eg__threads_stop_all(eg__interp *in, double timeout_s)
 {
     eg__threads *th = &in->threads;
@@ -344,7 +344,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
         eg__mutex_unlock(&th->lock);
         fprintf(stderr, "exitguard: out of memory; native threads of "
                 "interpreter %lld were not joined\n", (long long)in->id);
-        return;
+        return n;
     }
     size_t i = 0;
     for (struct eg_thread *t = th->first; t != NULL; t = t->next) {
@@ -354,8 +354,9 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     }
     eg__mutex_unlock(&th->lock);
     if (n == 0) {
-        return;
+        return 0;
     }
+    size_t abandoned = 0;
 
     /* Everything below waits: never with the GIL (rule: a thread we join
      * may need it to finish). */
@@ -387,6 +388,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
         }
         if (rc < 0) {
             atomic_store(&t->abandoned, 1);
+            abandoned++;
             fprintf(stderr, "exitguard: native thread '%s' did not stop "
                     "within %.1f s (EXITGUARD_JOIN_TIMEOUT); exit continues "
                     "without it, and it can no longer attach\n",
@@ -403,6 +405,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     }
     Py_END_ALLOW_THREADS
     free(todo);
+    return abandoned;
 }
 
 size_t
