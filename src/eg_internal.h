@@ -196,14 +196,31 @@ void eg__decref_kicker_after_fork_child(void);
 #define EG_REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
 
 struct eg_ref {
-    _Atomic(PyObject *) obj;   /* NULL once released (by owner or sweep) */
+    /* The object; NULL once released.  When phase 2 releases it for an
+     * owner that did not, and the leak report is on, it holds the report's
+     * entry tagged with bit 0 (eg__leak | 1) until the owner releases the
+     * handle -- so only references that stay unreleased are reported. */
+    _Atomic(PyObject *) obj;
     eg__interp *interp;
+    void *site;                   /* return address of the eg_ref_new call */
     _Atomic uint32_t next_free;   /* free list link: index + 1, 0 = end */
     uint32_t index;
 #ifdef EG_DEBUG
     _Atomic uint32_t live;        /* 1 between eg_ref_new and release */
 #endif
 };
+
+/* The leak report's entry for references of one type created at one call
+ * site that phase 2 released for their owner (report.c).  Raw memory,
+ * never freed; at least 2-aligned, so that a tagged pointer can hold it. */
+typedef struct eg__leak {
+    struct eg__leak *next;        /* the registry's list, built by the sweep */
+    const void *type;             /* PyTypeObject *, compared by the sweep only */
+    void *site;
+    _Atomic uint64_t outstanding; /* swept, and the owner has not released */
+    char *type_name;              /* strdup'd; NULL when out of memory */
+    char *where;                  /* the resolved site, or NULL */
+} eg__leak;
 
 typedef struct {
     /* Free list head: (ABA tag << 32) | (index + 1); 0 in the low half is
@@ -213,6 +230,12 @@ typedef struct {
     _Atomic uint32_t nchunks;                      /* published chunks */
     _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
     _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
+    /* The leak report's entries (report.c), published by the sweep with a
+     * release store; swept_pid is the process that ran the sweep (0: none),
+     * the only one that reports this record once it stopped. */
+    _Atomic(eg__leak *) leaks;
+    _Atomic int swept_pid;
+    eg__leak leak_oom;           /* the entry used when no other fits */
 } eg__registry;
 
 void eg__registry_init(eg__registry *reg);
@@ -220,9 +243,10 @@ void eg__registry_after_fork_child(eg__registry *reg);
 /* Live references (approximate while other threads run). */
 uint64_t eg__registry_live(eg__registry *reg);
 /* Attached to the record's interpreter, in phase 2: release every
- * registered object.  `tally`, when not NULL, is a dict that gets
- * type name -> count of what was released. */
-int eg__registry_sweep(eg__interp *in, PyObject *tally);
+ * registered object.  With `track`, each swept reference keeps the leak
+ * report's entry for its type and creation site until its owner releases
+ * it (report.c). */
+int eg__registry_sweep(eg__interp *in, int track);
 
 /* ---- Exit stoppers (stopper.c) ------------------------------------------- */
 
@@ -403,11 +427,33 @@ void eg__phase1(eg__interp *in);
 void eg__phase2(eg__interp *in);
 const char *eg__state_name(int state);
 
+void eg__shutdown_process_init(void);
+
+/* ---- The exit report (report.c) ------------------------------------------ */
+
 /* EXITGUARD_LEAKS: 0 off, 1 warn, 2 abort.  Read once per process. */
 extern int eg__leak_mode;
-void eg__shutdown_process_init(void);
-/* Register the process-wide Py_AtExit hook once.  0, or -1 when full. */
-int eg__register_atexit_ll(void);
+/* Once per process: read EXITGUARD_LEAKS and EXITGUARD_EXIT_STATS. */
+void eg__report_process_init(void);
+/* Should phase 2 keep the leak report's entries?  (EXITGUARD_LEAKS is on,
+ * or the final counters are to be written.) */
+int eg__report_tracking(void);
+/* Phase 2 sweep, attached: the entry for obj created at site.  Lookups go
+ * through `*cache`, owned by the sweep (NULL at first; pass it to
+ * eg__leak_cache_free).  Never NULL: falls back to reg->leak_oom. */
+eg__leak *eg__leak_entry(eg__registry *reg, void **cache, PyObject *obj,
+                         void *site);
+void eg__leak_cache_free(void *cache);
+/* Any thread, no GIL: references phase 2 released for an owner that has
+ * not released them since (approximate while threads release). */
+uint64_t eg__report_unreleased(eg__interp *in);
+/* Any thread, any time, no GIL: the owner released a reference that phase
+ * 2 had released for it. */
+static inline void
+eg__leak_forget(eg__leak *l)
+{
+    atomic_fetch_sub_explicit(&l->outstanding, 1, memory_order_relaxed);
+}
 
 /* ---- Implementations of the public API (registry.c, ...) ----------------- */
 extern const eg_capi eg__capi;

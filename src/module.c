@@ -828,6 +828,7 @@ eg_py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
     if (eg__set_u64(d, "refs_live", eg__registry_live(&in->refs)) < 0
         || eg__set_u64(d, "refs_released_at_exit",
                        atomic_load(&in->refs.swept)) < 0
+        || eg__set_u64(d, "refs_unreleased", eg__report_unreleased(in)) < 0
         || eg__set_u64(d, "decref_queued", pending) < 0
         || eg__set_u64(d, "decref_applied", atomic_load(&q->applied)) < 0
         || eg__set_u64(d, "decref_dropped", dropped) < 0
@@ -1023,15 +1024,6 @@ eg_exec(PyObject *module)
     st->rec = eg__interp_acquire();
     if (st->rec == NULL) {
         return -1;
-    }
-    if (eg__register_atexit_ll() < 0) {
-        /* Py_AtExit's 32 slots are full: only the late-drop line and the
-         * abort exit status are lost; everything else still works. */
-        if (PyErr_WarnEx(PyExc_RuntimeWarning,
-                         "exitguard: Py_AtExit() is full; late leak "
-                         "reports are disabled", 1) < 0) {
-            return -1;
-        }
     }
     st->ExitStopper_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &exitstopper_spec, NULL);
