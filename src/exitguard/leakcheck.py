@@ -59,14 +59,32 @@ def _where(fr):
     return "%s (%s:%s)" % (name, fr["file"], fr["line"]) if fr["file"] else name
 
 
+# CPython functions below which an allocation is CPython's to free, even when code
+# outside CPython called them: they keep what they create.  Interning (3.12 makes
+# interned strings immortal and never frees them), the *String helpers that intern the
+# key they create, imports (modules, code objects and their constants belong to the
+# import system), and bytecode evaluation (objects Python code made; a leak of one --
+# a callback's result the extension never DECREF'd, say -- cannot be told apart from
+# CPython's own, so leakcheck does not blame the extension for it).
+_CPYTHON_KEEPS = {
+    "PyUnicode_InternFromString", "PyUnicode_InternInPlace", "PyUnicode_InternImmortal",
+    "_PyUnicode_InternInPlace", "_PyUnicode_InternImmortal", "_PyUnicode_InternMortal", "intern_common",
+    "PyDict_SetItemString", "PyObject_SetAttrString", "PyDict_GetItemString",
+    "import_find_and_load", "PyImport_ImportModuleLevelObject", "PyImport_Import", "PyImport_ImportModule",
+    "_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalCode", "_PyEval_Vector",
+}
+
+
 def _culprit(kind, frames):
     """The index of the frame to blame in `frames` (innermost first), or None.
 
     Allocator and libc frames never are.  A leak belongs to the first frame outside
     CPython: an object created through the C API (PyBytes_FromStringAndSize, ...) and
-    never DECREF'd has CPython's frames on top and the extension's below them.  An
-    invalid access belongs to the frame that made it, the innermost one: CPython code
-    that misbehaves while it runs Python code for an extension is CPython's problem.
+    never DECREF'd has CPython's frames on top and the extension's below them -- unless
+    on the way there CPython ran a function that keeps what it creates
+    (_CPYTHON_KEEPS): then it is CPython's.  An invalid access belongs to the frame that
+    made it, the innermost one: CPython code that misbehaves while it runs Python code
+    for an extension is CPython's problem.
     """
     idx = [i for i, fr in enumerate(frames) if fr["fn"] not in _SKIP_FN and not _is_system(fr["obj"])]
     if not idx:
@@ -75,6 +93,8 @@ def _culprit(kind, frames):
         for i in idx:
             if not _is_cpython(frames[i]["obj"]):
                 return i
+            if frames[i]["fn"] in _CPYTHON_KEEPS:
+                break
     return idx[0]
 
 
