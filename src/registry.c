@@ -26,7 +26,9 @@
  *   eg_ref_new (pop)     | attached                | pops, pushes, growth
  *   eg_ref_release(push) | any thread              | everything
  *   grow                 | attached, grow_lock     | pops and pushes
- *   sweep                | phase 2, attached       | releases (exchange decides)
+ *   sweep                | phase 2, attached       | releases (exchange decides;
+ *                        |                         | with marks: CAS, see below)
+ *   release of a mark    | any thread              | everything (uncounts it)
  *   live count           | any                     | everything (approximate)
  *
  * A slot's next_free is read by a pop that may lose its CAS to a
