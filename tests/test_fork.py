@@ -76,7 +76,11 @@ def test_fork_200_times_under_native_load(run_py):
         """,
         timeout=240,
     )
-    assert_clean(res)
+    # The churn threads are never told to stop: one that had just released the GIL when
+    # the gate closed queues its last decref after phase 2 -- leaked and counted, by
+    # design.  At most one per thread.
+    assert_clean(res, allow="leak")
+    assert res.stats["decref_dropped"] <= 4 and res.stats["refs_unreleased"] == 0, res.describe()
     d = res.data
     assert d["n"] == 200
     assert d["statuses"] == [0], res.describe()
