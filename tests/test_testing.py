@@ -105,6 +105,8 @@ def test_forking_programs(env):
     e = _fails("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(600)\nos.waitpid(pid, 0)\n",
                env, timeout=5)
     assert e.kind == "hang" and e.report.elapsed < 20
+    # Both stacks: the parent's in waitpid, the hung child's in its sleep.
+    assert 'File "<clean_exit>", line 5' in str(e) and 'File "<clean_exit>", line 4' in str(e), str(e)
     r = assert_clean_exit("import os, time\nif os.fork() == 0:\n    time.sleep(600)\n", env=env, timeout=5)
     assert r.returncode == 0 and r.elapsed < 20
 

@@ -264,9 +264,10 @@ def _resolve(where):
     return where
 
 
-def _signal(proc, signum):
+def _signal_group(proc, signum):
+    """Signal the run's whole process group: a forked child that hangs dumps its stacks too."""
     try:
-        proc.send_signal(signum)
+        os.killpg(proc.pid, signum)
     except OSError:
         pass
 
@@ -320,7 +321,7 @@ def run_exit(code, *, timeout=60.0, env=None, args=()):
             except subprocess.TimeoutExpired:
                 if proc.poll() is None:
                     dumped = True
-                    _signal(proc, _DUMP_SIGNAL)
+                    _signal_group(proc, _DUMP_SIGNAL)
                 try:
                     out, err = proc.communicate(timeout=timeout - dump_at)
                 except subprocess.TimeoutExpired:
