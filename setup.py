@@ -6,6 +6,8 @@ Environment switches (read at build time):
   EG_SANITIZE=LIST       comma list of address, undefined, thread (thread excludes
                          address): adds -fsanitize=LIST to compile and link
   EG_WERROR=1            warnings are errors (the Makefile and CI set it)
+A build's flags decide its objects: switching EG_DEBUG or EG_SANITIZE (or the
+compiler) on a tree that was built before rebuilds the extension (build_ext_flags).
 The public headers (include/, the pybind11 and nanobind adapters among them) and
 valgrind.supp are copied into the package, so that exitguard.get_include() points
 at an installed exitguard.h; the pkg-config file is written from its template with
@@ -14,11 +16,13 @@ and the Cython declarations (__init__.pxd) are package data as they are.
 """
 
 import glob
+import json
 import os
 import re
 import shutil
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +66,43 @@ def compile_flags():
             # ThreadSanitizer cannot see membarrier(2): use fences on both sides.
             macros.append(("EG_TSAN", "1"))
     return cflags, lflags, macros
+
+
+class build_ext_flags(build_ext):
+    """Rebuild an extension whenever its flags differ from the last build's.
+
+    setuptools decides by timestamps alone: an extension whose sources are older than
+    the built library is skipped, and `pip install .` builds in the tree, so
+    `EG_DEBUG=1 pip install .` after a release build installed the release build
+    again, silently.  The flags of each build are recorded next to its objects
+    (build_temp/NAME.flags); a different record forces a full rebuild.
+    """
+
+    def _flags(self, ext):
+        c = self.compiler
+        return json.dumps({
+            "compile": ext.extra_compile_args, "link": ext.extra_link_args,
+            "macros": ext.define_macros, "undef": ext.undef_macros,
+            "compiler": getattr(c, "compiler_so", None), "linker": getattr(c, "linker_so", None),
+        }, sort_keys=True)
+
+    def build_extension(self, ext):
+        stamp = os.path.join(self.build_temp, ext.name + ".flags")
+        flags = self._flags(ext)
+        try:
+            with open(stamp) as f:
+                same = f.read() == flags
+        except OSError:
+            same = False
+        force = self.force
+        self.force = force or not same
+        try:
+            super().build_extension(ext)
+        finally:
+            self.force = force
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(flags)
 
 
 class build_py_with_headers(build_py):
@@ -108,5 +149,5 @@ setup(
             depends=sorted(glob.glob("src/*.h") + glob.glob("include/**/*.h", recursive=True)),
         )
     ],
-    cmdclass={"build_py": build_py_with_headers},
+    cmdclass={"build_ext": build_ext_flags, "build_py": build_py_with_headers},
 )

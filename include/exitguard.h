@@ -170,7 +170,10 @@ static inline int eg_import(void);
  *   RuntimeError once the interpreter's phase 2 has begun (references are
  *   closed to late registrations: nothing would release them).
  * Pair: eg_ref_release(), from any thread.  Until then phase 2 releases the
- *   object for you, and eg_ref_get() returns NULL from then on. */
+ *   object for you, and eg_ref_get() returns NULL from then on; the leak
+ *   report (EXITGUARD_LEAKS) counts the reference only if its handle is
+ *   never released, up to the very end of the process.  The call site is
+ *   recorded: the report says which code created a reference it names. */
 EG_FUNC eg_ref *eg_ref_new(PyObject *obj);
 
 /* eg_ref_get: the object behind ref.

@@ -204,8 +204,13 @@ void eg__kicker_after_fork_child(void);  /* pthread_atfork child */
 #define EG__REF_HANDED_OUT UINT32_MAX     /* never a link: see eg_ref */
 
 struct eg_ref {
-    _Atomic(PyObject *) obj;   /* NULL once released (by owner or sweep) */
+    /* The object; NULL once released.  When phase 2 releases it for an
+     * owner that did not, and the leak report is on, it holds the report's
+     * entry tagged with bit 0 (eg__leak | 1) until the owner releases the
+     * handle -- so only references that stay unreleased are reported. */
+    _Atomic(PyObject *) obj;
     eg__interp *interp;
+    void *site;                   /* return address of the eg_ref_new call */
     /* Free list link (index + 1, 0 = end) while free; EG__REF_HANDED_OUT
      * from eg_ref_new until its release is on its way back. */
     _Atomic uint32_t next_free;
@@ -215,6 +220,18 @@ struct eg_ref {
 #endif
 };
 
+/* The leak report's entry for references of one type created at one call
+ * site that phase 2 released for their owner (report.c).  Raw memory,
+ * never freed; at least 2-aligned, so that a tagged pointer can hold it. */
+typedef struct eg__leak {
+    struct eg__leak *next;        /* the registry's list, built by the sweep */
+    const void *type;             /* PyTypeObject *, compared by the sweep only */
+    void *site;
+    _Atomic uint64_t outstanding; /* swept, and the owner has not released */
+    char *type_name;              /* strdup'd; NULL when out of memory */
+    char *where;                  /* the resolved site, or NULL */
+} eg__leak;
+
 typedef struct {
     /* Free list head: (ABA tag << 32) | (index + 1); 0 in the low half is
      * "empty". */
@@ -223,6 +240,12 @@ typedef struct {
     _Atomic uint32_t nchunks;                      /* published chunks */
     _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
     _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
+    /* The leak report's entries (report.c), published by the sweep with a
+     * release store; swept_pid is the process that ran the sweep (0: none),
+     * the only one that reports this record once it stopped. */
+    _Atomic(eg__leak *) leaks;
+    _Atomic int swept_pid;
+    eg__leak leak_oom;           /* the entry used when no other fits */
 } eg__registry;
 
 void eg__registry_init(eg__registry *reg);
@@ -233,9 +256,10 @@ uint64_t eg__registry_live(eg__registry *reg);
 int eg__registry_reusable(eg__registry *reg);
 void eg__registry_reset(eg__registry *reg);
 /* Attached to the record's interpreter, in phase 2: release every
- * registered object.  `tally`, when not NULL, is a dict that gets
- * type name -> count of what was released. */
-int eg__registry_sweep(eg__interp *in, PyObject *tally);
+ * registered object.  With `track`, each swept reference keeps the leak
+ * report's entry for its type and creation site until its owner releases
+ * it (report.c). */
+int eg__registry_sweep(eg__interp *in, int track);
 
 /* ---- Exit stoppers (stopper.c) ------------------------------------------- */
 
@@ -250,6 +274,7 @@ typedef struct {
     struct eg_stopper *current;  /* running now, for the watchdog */
     struct timespec current_deadline;
     int watching, watch_stop;    /* the watchdog thread's life */
+    uint64_t errors;             /* stoppers that raised (C or Python) */
 } eg__stoppers;
 
 void eg__stoppers_init(eg__stoppers *st);
@@ -267,6 +292,10 @@ size_t eg__stoppers_count(eg__interp *in);
 /* Record reuse: no stopper registered; reopen for registrations. */
 int eg__stoppers_reusable(eg__stoppers *st);
 void eg__stoppers_reset(eg__stoppers *st);
+/* Attached, phase 1: a stopper raised (or, in C, left an exception set);
+ * counted for stats()["stopper_errors"]. */
+void eg__stoppers_note_error(eg__interp *in);
+uint64_t eg__stoppers_errors(eg__interp *in);
 
 /* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
 
@@ -344,8 +373,9 @@ void eg__threads_after_fork_child(eg__threads *th);
 /* Phase 1 begins: refuse new threads (-ESHUTDOWN), also from stoppers. */
 void eg__threads_close(eg__threads *th);
 /* Phase 1, attached: ask every registered thread to stop and join them,
- * GIL released, within timeout_s in all; name the ones that did not end. */
-void eg__threads_stop_all(eg__interp *in, double timeout_s);
+ * GIL released, within timeout_s in all; name the ones that did not end.
+ * Returns how many were abandoned (did not end in time). */
+size_t eg__threads_stop_all(eg__interp *in, double timeout_s);
 size_t eg__threads_live(eg__interp *in);
 /* Record reuse: no thread registered (none abandoned either); reopen. */
 int eg__threads_reusable(eg__threads *th);
@@ -409,6 +439,10 @@ struct eg__interp {
     PyThreadState *anchor;          /* 3.13.0 subinterpreters: eg_compat.h */
     pthread_mutex_t cq_lock;        /* protects cqs */
     struct eg_cq *cqs;
+    /* Native threads exit went on without (shutdown.c): phase 1 join
+     * timeouts, and threads still inside the gate when phase 2 closed it. */
+    _Atomic uint64_t threads_abandoned;
+    _Atomic uint64_t gate_abandoned;
     eg__registry refs;              /* large: keep last */
 };
 
@@ -449,6 +483,9 @@ void eg__fork_parent(void);
  * only later (3.12+) or never (3.9-3.11, where an ending takes whatever
  * thread state heads the list). */
 void eg__shut_other_gates(eg__interp *main_rec, double timeout_s);
+/* Any thread, no GIL: the newest record (follow next_record to the
+ * oldest; records are never freed and their links never change). */
+eg__interp *eg__interps_first(void);
 /* Is the caller the main thread (where CPython runs signal handlers)? */
 int eg__on_main_thread(void);
 /* Is the caller the thread running `in`'s stop phases? */
@@ -462,11 +499,33 @@ void eg__phase1(eg__interp *in);
 void eg__phase2(eg__interp *in);
 const char *eg__state_name(int state);
 
+void eg__shutdown_process_init(void);
+
+/* ---- The exit report (report.c) ------------------------------------------ */
+
 /* EXITGUARD_LEAKS: 0 off, 1 warn, 2 abort.  Read once per process. */
 extern int eg__leak_mode;
-void eg__shutdown_process_init(void);
-/* Register the process-wide Py_AtExit hook once.  0, or -1 when full. */
-int eg__register_atexit_ll(void);
+/* Once per process: read EXITGUARD_LEAKS and EXITGUARD_EXIT_STATS. */
+void eg__report_process_init(void);
+/* Should phase 2 keep the leak report's entries?  (EXITGUARD_LEAKS is on,
+ * or the final counters are to be written.) */
+int eg__report_tracking(void);
+/* Phase 2 sweep, attached: the entry for obj created at site.  Lookups go
+ * through `*cache`, owned by the sweep (NULL at first; pass it to
+ * eg__leak_cache_free).  Never NULL: falls back to reg->leak_oom. */
+eg__leak *eg__leak_entry(eg__registry *reg, void **cache, PyObject *obj,
+                         void *site);
+void eg__leak_cache_free(void *cache);
+/* Any thread, no GIL: references phase 2 released for an owner that has
+ * not released them since (approximate while threads release). */
+uint64_t eg__report_unreleased(eg__interp *in);
+/* Any thread, any time, no GIL: the owner released a reference that phase
+ * 2 had released for it. */
+static inline void
+eg__leak_forget(eg__leak *l)
+{
+    atomic_fetch_sub_explicit(&l->outstanding, 1, memory_order_relaxed);
+}
 
 /* ---- Implementations of the public API (registry.c, ...) ----------------- */
 extern const eg_capi eg__capi;

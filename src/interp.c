@@ -276,6 +276,15 @@ eg__interp_acquire(void)
     return in;
 }
 
+eg__interp *
+eg__interps_first(void)
+{
+    eg__mutex_lock(&eg__records_lock);
+    eg__interp *in = eg__records;
+    eg__mutex_unlock(&eg__records_lock);
+    return in;
+}
+
 void
 eg__interp_release(eg__interp *in)
 {

@@ -26,18 +26,41 @@
  *   eg_ref_new (pop)     | attached                | pops, pushes, growth
  *   eg_ref_release(push) | any thread              | everything
  *   grow                 | attached, grow_lock     | pops and pushes
- *   sweep                | phase 2, attached       | releases (exchange decides)
+ *   sweep                | phase 2, attached       | releases (exchange decides;
+ *                        |                         | with marks: CAS, see below)
+ *   release of a mark    | any thread              | everything (uncounts it)
  *   live count           | any                     | everything (approximate)
  *
  * A slot's next_free is read by a pop that may lose its CAS to a
  * concurrent pop of the same slot; the value it read is then discarded, and
  * the tag makes the CAS fail even if the head index came back (ABA).
+ *
+ * THE LEAK REPORT'S MARK
+ *
+ * A reference phase 2 releases is not yet a leak: its owner may still
+ * release the handle later -- in its module's m_free, a C++ static
+ * destructor, a libc atexit handler -- and then it was never one.  So when
+ * the report is on (report.c) the sweep does not store NULL but the
+ * report's entry for the object's type and creation site, tagged with bit
+ * 0 (objects and entries are at least 2-aligned), and counts it there.  A
+ * later eg_ref_release() takes the tag with the same exchange as ever and
+ * uncounts it; eg_ref_get() and the live count treat a tag as NULL.  The
+ * sweep takes an object with a compare-and-swap on the object it saw, never
+ * an exchange (a slot its owner freed in between must stay NULL), leaving a
+ * bare mark while it looks the entry up -- the object is its own then --
+ * and then the entry's mark.  The report, at the very end of the process,
+ * names what is still counted.
+ *
+ * eg_ref_new records its caller's return address in the slot (one store):
+ * the report says which shared object -- and, resolved, which line --
+ * created a reference that stayed unreleased.
  */
 #include "eg_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---- Slot addressing ------------------------------------------------------- */
 
@@ -159,6 +182,53 @@ eg__ref_free(eg__registry *reg, eg_ref *s)
     eg__free_push_chain(reg, s, s);
 }
 
+/* ---- The leak report's mark ------------------------------------------- */
+
+static inline int
+eg__is_mark(PyObject *p)
+{
+    return ((uintptr_t)p & 1u) != 0;
+}
+
+static inline PyObject *
+eg__mark(eg__leak *l)
+{
+    return (PyObject *)((uintptr_t)l | 1u);
+}
+
+/* The mark of a slot the sweep has taken and not yet counted. */
+#define EG__MARK_BARE ((PyObject *)(uintptr_t)1u)
+
+static inline eg__leak *
+eg__mark_entry(PyObject *p)
+{
+    return (eg__leak *)((uintptr_t)p & ~(uintptr_t)1u);
+}
+
+/* What an exchange took out of a slot, for its taker (any thread): the
+ * object to drop, or NULL -- a mark is uncounted (phase 2 dropped the
+ * object already, and the owner has now let go of the handle). */
+static inline PyObject *
+eg__taken(PyObject *p)
+{
+    if (EG_UNLIKELY(p != NULL && eg__is_mark(p))) {
+        eg__leak *l = eg__mark_entry(p);
+        if (l != NULL) {
+            eg__leak_forget(l);
+        }
+        return NULL;
+    }
+    return p;
+}
+
+/* The return address of the function that calls this macro's user: the
+ * extension's call site of eg_ref_new (through the capsule's table). */
+#if defined(__GNUC__)
+#  define EG__CALLER() __builtin_return_address(0)
+#else
+#  define EG__CALLER() NULL
+#endif
+
 /* ---- Public API ---------------------------------------------------------- */
 
 eg_ref *
@@ -189,6 +259,7 @@ eg_ref_new(PyObject *obj)
 #ifdef EG_DEBUG
     atomic_store_explicit(&s->live, 1, memory_order_relaxed);
 #endif
+    s->site = EG__CALLER();
     /* seq_cst store, then seq_cst load of the state: pairs with phase 2,
      * which stores RELEASING and then sweeps.  Either the sweep sees this
      * object, or we see RELEASING and take it back -- or both, and the
@@ -196,8 +267,10 @@ eg_ref_new(PyObject *obj)
     atomic_store_explicit(&s->obj, Py_NewRef(obj), memory_order_seq_cst);
     if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_seq_cst)
                     >= EG_RELEASING)) {
-        PyObject *back = atomic_exchange_explicit(&s->obj, NULL,
-                                                  memory_order_acq_rel);
+        /* A mark here means the sweep took our object (and counted it):
+         * uncount it, the sweep dropped the object. */
+        PyObject *back = eg__taken(atomic_exchange_explicit(
+            &s->obj, NULL, memory_order_acq_rel));
         Py_XDECREF(back);
 #ifdef EG_DEBUG
         atomic_store_explicit(&s->live, 0, memory_order_relaxed);
@@ -223,7 +296,9 @@ eg_ref_get(const eg_ref *ref)
     }
     /* Acquire pairs with the seq_cst store in eg_ref_new for a reference
      * handed to another attached thread (free-threaded builds). */
-    return atomic_load_explicit(&((eg_ref *)ref)->obj, memory_order_acquire);
+    PyObject *obj = atomic_load_explicit(&((eg_ref *)ref)->obj,
+                                         memory_order_acquire);
+    return EG_UNLIKELY(obj != NULL && eg__is_mark(obj)) ? NULL : obj;
 }
 
 void
@@ -240,9 +315,10 @@ eg_ref_release(eg_ref *ref)
     }
 #endif
     eg__interp *in = ref->interp;
-    /* The exchange decides between this release and the phase 2 sweep. */
-    PyObject *obj = atomic_exchange_explicit(&ref->obj, NULL,
-                                             memory_order_acq_rel);
+    /* The exchange decides between this release and the phase 2 sweep; a
+     * mark (the sweep came first and the report is on) is uncounted. */
+    PyObject *obj = eg__taken(atomic_exchange_explicit(
+        &ref->obj, NULL, memory_order_acq_rel));
     if (obj != NULL) {
         if (eg__attached_to(in)) {
             Py_DECREF(obj);
@@ -345,57 +421,71 @@ eg__registry_live(eg__registry *reg)
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
         for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
-            live += atomic_load_explicit(&chunk[i].obj,
-                                         memory_order_relaxed) != NULL;
+            PyObject *p = atomic_load_explicit(&chunk[i].obj,
+                                               memory_order_relaxed);
+            live += p != NULL && !eg__is_mark(p);
         }
     }
     return live;
 }
 
-static void
-eg__tally(PyObject *tally, PyObject *obj)
+/* Phase 2, attached: take slot s's object for the sweep, or NULL when its
+ * owner released it first.  With `track`, leave the leak report's mark. */
+static PyObject *
+eg__sweep_take(eg__registry *reg, eg_ref *s, int track, void **cache)
 {
-    PyObject *key = PyUnicode_FromString(Py_TYPE(obj)->tp_name);
-    if (key == NULL) {
-        PyErr_Clear();
-        return;
+    PyObject *obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
+    if (obj == NULL || eg__is_mark(obj)) {
+        return NULL;
     }
-    PyObject *old = PyDict_GetItemWithError(tally, key);   /* borrowed */
-    long count = old ? PyLong_AsLong(old) : 0;
-    PyObject *val = PyLong_FromLong(count + 1);
-    if (val == NULL || PyDict_SetItem(tally, key, val) < 0) {
-        PyErr_Clear();
+    if (!track) {
+        return atomic_exchange_explicit(&s->obj, NULL, memory_order_acq_rel);
     }
-    Py_XDECREF(val);
-    Py_DECREF(key);
+    /* Take the object with a bare mark first, so that it is ours while its
+     * type is looked at.  A CAS on the object seen, never an exchange: a
+     * slot its owner freed in between must stay NULL.  A failed CAS reloads
+     * obj: NULL (released), or an object a racing eg_ref_new registered. */
+    while (!atomic_compare_exchange_weak_explicit(
+               &s->obj, &obj, EG__MARK_BARE,
+               memory_order_acq_rel, memory_order_relaxed)) {
+        if (obj == NULL || eg__is_mark(obj)) {
+            return NULL;
+        }
+    }
+    /* Count it, then publish the entry.  If the owner released the handle
+     * in between (it took the bare mark), the CAS fails: uncount it. */
+    eg__leak *l = eg__leak_entry(reg, cache, obj, s->site);
+    atomic_fetch_add_explicit(&l->outstanding, 1, memory_order_relaxed);
+    PyObject *bare = EG__MARK_BARE;
+    if (!atomic_compare_exchange_strong_explicit(
+            &s->obj, &bare, eg__mark(l),
+            memory_order_acq_rel, memory_order_relaxed)) {
+        eg__leak_forget(l);
+    }
+    return obj;
 }
 
 int
-eg__registry_sweep(eg__interp *in, PyObject *tally)
+eg__registry_sweep(eg__interp *in, int track)
 {
     eg__registry *reg = &in->refs;
+    void *cache = NULL;
+    atomic_store(&reg->swept_pid, (int)getpid());
     uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
                                             memory_order_acquire);
     for (uint32_t k = 0; k < nchunks; k++) {
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
         for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
-            if (atomic_load_explicit(&chunk[i].obj,
-                                     memory_order_relaxed) == NULL) {
-                continue;
+            PyObject *obj = eg__sweep_take(reg, &chunk[i], track, &cache);
+            if (obj != NULL) {
+                atomic_fetch_add_explicit(&reg->swept, 1,
+                                          memory_order_relaxed);
+                Py_DECREF(obj);
             }
-            PyObject *obj = atomic_exchange_explicit(&chunk[i].obj, NULL,
-                                                     memory_order_acq_rel);
-            if (obj == NULL) {
-                continue;   /* its owner released it first */
-            }
-            atomic_fetch_add_explicit(&reg->swept, 1, memory_order_relaxed);
-            if (tally != NULL) {
-                eg__tally(tally, obj);
-            }
-            Py_DECREF(obj);
         }
     }
+    eg__leak_cache_free(cache);
     return 0;
 }
 

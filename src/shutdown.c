@@ -40,20 +40,16 @@
  * 2 (atexit is LIFO).  What they see is defined: eg_ref_get() returns NULL,
  * eg_ref_new() raises RuntimeError, eg_decref() from an attached thread
  * still decrefs at once, and from other threads is counted and leaked.
+ *
+ * Phase 2 reports nothing itself: what it released may still be released
+ * by its owner later (module teardown, static destructors), so the leak
+ * report waits for the very end of the process (report.c).  It counts the
+ * native threads exit goes on without, for that report.
  */
 #include "eg_internal.h"
 
 #include <string.h>
 #include <unistd.h>
-
-int eg__leak_mode;
-
-/* Process-wide: did any interpreter report a leak?  Read by the Py_AtExit
- * hook, which turns it into the exit status in abort mode. */
-static _Atomic int eg__leaks_seen;
-
-/* Exit status used by EXITGUARD_LEAKS=abort (EX_SOFTWARE). */
-#define EG_LEAK_EXIT_STATUS 70
 
 const char *
 eg__state_name(int state)
@@ -89,35 +85,8 @@ eg__phase1(eg__interp *in)
     /* Then the registered native threads, after the stoppers: a stopper
      * may be what unblocks them.  They may still attach while finishing:
      * the gate stays open until phase 2. */
-    eg__threads_stop_all(in, eg__join_timeout);
-}
-
-static void
-eg__report(eg__interp *in, PyObject *tally)
-{
-    uint64_t swept = atomic_load(&in->refs.swept);
-    uint64_t dropped = atomic_load(&in->queue.dropped);
-    if (swept == 0 && dropped == 0) {
-        return;
-    }
-    atomic_store(&eg__leaks_seen, 1);
-    PySys_FormatStderr("exitguard: leaks in interpreter %lld at exit:\n",
-                       (long long)in->id);
-    PySys_FormatStderr("exitguard:   %llu reference(s) never released by "
-                       "native code (exitguard released them):\n",
-                       (unsigned long long)swept);
-    PyObject *keys = tally ? PyDict_Keys(tally) : NULL;
-    if (keys != NULL && PyList_Sort(keys) == 0) {
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
-            PyObject *k = PyList_GET_ITEM(keys, i);
-            PyObject *v = PyDict_GetItem(tally, k);
-            PySys_FormatStderr("exitguard:     %6S %U\n", v, k);
-        }
-    }
-    Py_XDECREF(keys);
-    PyErr_Clear();
-    PySys_FormatStderr("exitguard:   %llu deferred decref(s) dropped after "
-                       "stop\n", (unsigned long long)dropped);
+    size_t abandoned = eg__threads_stop_all(in, eg__join_timeout);
+    atomic_fetch_add(&in->threads_abandoned, abandoned);
 }
 
 void
@@ -143,7 +112,8 @@ eg__phase2(eg__interp *in)
     }
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */
-    (void)eg__gate_close(in, eg__join_timeout);
+    uint64_t inside = eg__gate_close(in, eg__join_timeout);
+    atomic_fetch_add(&in->gate_abandoned, inside);
     /* 3.13.0's anchor (eg_compat.h) goes now: no native thread can make a
      * state any more, and Py_EndInterpreter wants to be the last -- unless
      * CPython's own ending already deleted it (finalize_subinterpreters
@@ -161,46 +131,11 @@ eg__phase2(eg__interp *in)
      * futures (unless the loop is closed), release what they held. */
     eg__cq_close_all(in);
 
-    PyObject *tally = eg__leak_mode ? PyDict_New() : NULL;
-    PyErr_Clear();
     (void)eg__decref_drain_all(in);
-    (void)eg__registry_sweep(in, tally);
+    (void)eg__registry_sweep(in, eg__report_tracking());
     /* Finalizers run by the sweep may have queued more. */
     (void)eg__decref_drain_all(in);
     atomic_store_explicit(&in->state, EG_STOPPED, memory_order_seq_cst);
-
-    if (eg__leak_mode) {
-        eg__report(in, tally);
-    }
-    Py_XDECREF(tally);
-}
-
-/* ---- Process-wide exit hook ----------------------------------------------- */
-
-/* Py_AtExit: runs after Py_FinalizeEx() has freed the main interpreter.
- * CAUTION: no Python API at all here, only libc.  Reports the decrefs that
- * arrived after phase 2 (they could not be in phase 2's report) and, in
- * abort mode, turns any leak into a non-zero exit status. */
-static void
-eg__atexit_ll(void)
-{
-    eg__interp *m = atomic_load(&eg__main_record);
-    if (m != NULL && eg__leak_mode) {
-        uint64_t late = atomic_load(&m->queue.dropped)
-                      + eg__decref_pending_count(m);
-        if (late > 0) {
-            atomic_store(&eg__leaks_seen, 1);
-            fprintf(stderr, "exitguard: %llu deferred decref(s) arrived "
-                    "after phase 2 and were leaked\n",
-                    (unsigned long long)late);
-        }
-    }
-    if (eg__leak_mode == 2 && atomic_load(&eg__leaks_seen)) {
-        fprintf(stderr, "exitguard: EXITGUARD_LEAKS=abort: exiting with "
-                "status %d\n", EG_LEAK_EXIT_STATUS);
-        fflush(NULL);
-        _exit(EG_LEAK_EXIT_STATUS);
-    }
 }
 
 void
@@ -219,29 +154,5 @@ eg__shutdown_process_init(void)
                     eg__join_timeout);
         }
     }
-    const char *v = getenv("EXITGUARD_LEAKS");
-    if (v == NULL || !*v || !strcmp(v, "0") || !strcmp(v, "off")) {
-        eg__leak_mode = 0;
-    }
-    else if (!strcmp(v, "warn") || !strcmp(v, "1")) {
-        eg__leak_mode = 1;
-    }
-    else if (!strcmp(v, "abort")) {
-        eg__leak_mode = 2;
-    }
-    else {
-        fprintf(stderr, "exitguard: unknown EXITGUARD_LEAKS value '%s' "
-                "(expected off, warn or abort); using warn\n", v);
-        eg__leak_mode = 1;
-    }
-}
-
-int
-eg__register_atexit_ll(void)
-{
-    static _Atomic int done;
-    if (atomic_exchange(&done, 1)) {
-        return 0;
-    }
-    return Py_AtExit(eg__atexit_ll);
+    eg__report_process_init();
 }

@@ -498,9 +498,11 @@ eg__stoppers_run(eg__interp *in)
 
         s->stop(s->arg);
         if (PyErr_Occurred()) {
-            /* A C stopper must not leave an exception set; report it and
-             * go on with the others. */
+            /* A C stopper must not leave an exception set; report it,
+             * count it (a raising stopper is a bad exit for
+             * exitguard.testing) and go on with the others. */
             PyErr_WriteUnraisable(NULL);
+            eg__stoppers_note_error(in);
         }
 
         eg__mutex_lock(&st->lock);
@@ -520,6 +522,23 @@ eg__stoppers_run(eg__interp *in)
     st->watch_stop = 1;
     pthread_cond_broadcast(&st->watch_cond);
     eg__mutex_unlock(&st->lock);
+}
+
+void
+eg__stoppers_note_error(eg__interp *in)
+{
+    eg__mutex_lock(&in->stoppers.lock);
+    in->stoppers.errors++;
+    eg__mutex_unlock(&in->stoppers.lock);
+}
+
+uint64_t
+eg__stoppers_errors(eg__interp *in)
+{
+    eg__mutex_lock(&in->stoppers.lock);
+    uint64_t n = in->stoppers.errors;
+    eg__mutex_unlock(&in->stoppers.lock);
+    return n;
 }
 
 size_t

@@ -382,7 +382,7 @@ eg__threads_close(eg__threads *th)
     eg__mutex_unlock(&th->lock);
 }
 
-void
+size_t
 eg__threads_stop_all(eg__interp *in, double timeout_s)
 {
     eg__threads *th = &in->threads;
@@ -397,7 +397,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
         eg__mutex_unlock(&th->lock);
         fprintf(stderr, "exitguard: out of memory; native threads of "
                 "interpreter %lld were not joined\n", (long long)in->id);
-        return;
+        return n;
     }
     size_t i = 0;
     for (struct eg_thread *t = th->first; t != NULL; t = t->next) {
@@ -407,8 +407,9 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     }
     eg__mutex_unlock(&th->lock);
     if (n == 0) {
-        return;
+        return 0;
     }
+    size_t abandoned = 0;
 
     /* Everything below waits: never with the GIL (rule: a thread we join
      * may need it to finish). */
@@ -442,6 +443,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
             atomic_store(&t->abandoned, 1);
             /* An owner waiting in eg_thread_join gives up at once. */
             pthread_cond_broadcast(&th->cond);
+            abandoned++;
             fprintf(stderr, "exitguard: native thread '%s' did not stop "
                     "within %.1f s (EXITGUARD_JOIN_TIMEOUT); exit continues "
                     "without it, and it can no longer attach\n",
@@ -458,6 +460,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     }
     EG__END_WAIT
     free(todo);
+    return abandoned;
 }
 
 int

@@ -1,8 +1,12 @@
 """Shared fixtures: build the client extensions once, run scenarios in fresh interpreters.
 
-Every shutdown scenario runs in its own interpreter (``run_py``), so that a crash or
-hang can never take the test runner down with it; the helpers assert on exit code,
-stderr and the counters a scenario prints as its last line of JSON.
+Every shutdown scenario runs in its own interpreter through exitguard.testing -- the
+helper users get -- so that each scenario exercises it: ``run_py`` is
+``exitguard.testing.run_exit`` with the leak report on (``EXITGUARD_LEAKS=warn``), and
+``assert_clean`` is ``ExitReport.check``: exit code, hang, crash, fatal error,
+traceback, stopper errors, abandoned threads and leaks, judged from exitguard's final
+counters.  A scenario that provokes one of those on purpose says so (``allow=``).
+The counters a scenario prints as JSON lines are its ``data``.
 """
 
 import json
@@ -13,9 +17,10 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
-import time
 
 import pytest
+
+from exitguard import testing
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -24,7 +29,7 @@ ROOT = os.path.dirname(HERE)
 TIMEOUT = 60
 
 
-def _build_ext(name, source, build_dir, extra_args=()):
+def _build_ext(name, source, build_dir, extra_args=(), std="c11"):
     """Build one client extension against the installed exitguard, like a user would."""
     import exitguard
 
@@ -39,12 +44,14 @@ def _build_ext(name, source, build_dir, extra_args=()):
                     ext_modules=[Extension(
                         %(name)r, [%(source)r],
                         include_dirs=[%(inc)r],
-                        extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror"] + %(extra)r,
+                        extra_compile_args=["-std=%(std)s", "-Wall", "-Wextra", "-Werror"] + %(extra)r,
                         extra_link_args=["-pthread"],
+                        language=%(lang)r,
                     )],
                 )
                 """
-                % dict(name=name, source=source, inc=exitguard.get_include(), extra=list(extra_args))
+                % dict(name=name, source=source, inc=exitguard.get_include(), extra=list(extra_args), std=std,
+                       lang="c++" if std.startswith("c++") else "c")
             )
         )
     proc = subprocess.run(
@@ -60,10 +67,11 @@ def _build_ext(name, source, build_dir, extra_args=()):
 
 @pytest.fixture(scope="session")
 def ext_dir(tmp_path_factory):
-    """A folder holding the built test extension ``egtest`` and the ``ticker`` example."""
+    """A folder holding the built test extensions ``egtest`` and ``egcxx`` and the ``ticker`` example."""
     d = str(tmp_path_factory.mktemp("ext"))
     _build_ext("egtest", os.path.join(HERE, "ext", "egtest.c"), d)
     _build_ext("egbase", os.path.join(HERE, "ext", "egbase.c"), d)
+    _build_ext("egcxx", os.path.join(HERE, "ext", "egcxx.cpp"), d, std="c++17")
     ticker = os.path.join(ROOT, "examples", "ticker", "ticker.c")
     if os.path.exists(ticker):
         _build_ext("ticker", ticker, d)
@@ -71,11 +79,13 @@ def ext_dir(tmp_path_factory):
 
 
 class Result:
-    def __init__(self, proc, elapsed):
-        self.returncode = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-        self.elapsed = elapsed
+    """An exitguard.testing.ExitReport, plus the JSON the scenario printed."""
+
+    def __init__(self, report):
+        self.report = report
+
+    def __getattr__(self, name):
+        return getattr(self.report, name)
 
     @property
     def data(self):
@@ -88,46 +98,36 @@ class Result:
             raise AssertionError("scenario printed no JSON line:\n" + self.describe())
         return merged
 
-    def describe(self):
-        return "exit code %r after %.2fs\n--- stdout ---\n%s\n--- stderr ---\n%s" % (
-            self.returncode,
-            self.elapsed,
-            self.stdout,
-            self.stderr,
-        )
-
 
 @pytest.fixture
 def run_py(ext_dir):
-    """Run a scenario script in a fresh interpreter; returns a Result."""
+    """Run a scenario script in a fresh interpreter (exitguard.testing.run_exit); returns a Result.
+
+    The leak report is on (warn: exit codes stay the scenario's own) unless `env`
+    says otherwise.
+    """
 
     def run(code, *, env=None, timeout=TIMEOUT, args=()):
-        full_env = dict(os.environ)
-        full_env.pop("EXITGUARD_LEAKS", None)
+        full_env = {"EXITGUARD_LEAKS": "warn"}
         full_env["PYTHONPATH"] = os.pathsep.join([ext_dir, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-        full_env["PYTHONFAULTHANDLER"] = "1"
         if env:
             full_env.update(env)
-        t0 = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(code)] + list(args),
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return Result(proc, time.monotonic() - t0)
+        return Result(testing.run_exit(textwrap.dedent(code), env=full_env, timeout=timeout, args=args))
 
     return run
 
 
-def assert_clean(res, returncode=0, *, traceback_ok=False):
-    """The scenario exited with `returncode`, without a fatal error, crash or stray traceback."""
-    assert res.returncode == returncode, res.describe()
-    assert "Fatal Python error" not in res.stderr, res.describe()
-    assert "Segmentation fault" not in res.stderr, res.describe()
-    if not traceback_ok:
-        assert "Traceback" not in res.stderr, res.describe()
+def assert_clean(res, returncode=0, *, traceback_ok=False, allow=()):
+    """The scenario exited cleanly by exitguard.testing's judgement, with `returncode`.
+
+    Refused attaches are the gate doing its job here; `allow` adds the kinds of bad
+    exit (exitguard.testing.KINDS) a scenario provokes on purpose, `traceback_ok` the
+    traceback one.
+    """
+    allow = set([allow] if isinstance(allow, str) else allow) | {"refused attaches"}
+    if traceback_ok:
+        allow.add("traceback")
+    res.report.check(expect_returncode=returncode, allow=allow)
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,11 @@ def test_fork_200_times_under_native_load(run_py):
     own (a lock held by a thread inside CPython at fork time, left locked in the
     child) is told apart from exitguard's."""
     res = run_py(FORK_LOAD, args=["exitguard", "200", "10"], timeout=600)
-    assert_clean(res)
+    # The churn threads are never told to stop: one that had just released the GIL when
+    # the gate closed queues its last decref after phase 2 -- leaked and counted, by
+    # design.  At most one per thread.
+    assert_clean(res, allow="leak")
+    assert res.stats["decref_dropped"] <= 4 and res.stats["refs_unreleased"] == 0, res.describe()
     d = res.data
     base = run_py(FORK_LOAD, args=["baseline", "50", "2"], timeout=600)
     print("fork under native load: exitguard %d bad of %d; without exitguard %s"

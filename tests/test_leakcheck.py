@@ -53,3 +53,30 @@ def test_leaking_extension_is_named_and_fails(ext_dir):
 def test_clean_extension_passes(ext_dir):
     proc = _leakcheck(ext_dir, "import egtest, exitguard; h = egtest.ref_new(object()); egtest.release_in_threads([h])")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
+def test_refcount_leak_is_blamed_on_the_extension_not_cpython(ext_dir):
+    """Objects the extension created and never DECREF'd: the allocation's top frames
+    are CPython's (PyBytes_FromStringAndSize, malloc), the culprit is the first frame
+    outside CPython -- egtest's, with its file and line, shown before CPython's."""
+    proc = _leakcheck(ext_dir, "import egtest; egtest.leak_objects(3)")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    (head,) = [l for l in lines if "definite leak" in l and "egtest" in l]
+    assert "[CPython]" not in head and " 1 definite leak(s)" in head, proc.stdout
+    what, first, via = lines[lines.index(head) + 1:][:3]
+    assert what.strip().startswith("Leak_DefinitelyLost:") and " in 3 blocks " in what, proc.stdout
+    assert first.split()[:2] == [">", "t_leak_objects"] and "egtest.c:" in first, proc.stdout   # the user's frame
+    assert via.split()[:2] == ["via", "PyBytes_FromStringAndSize"], proc.stdout                 # then CPython's
+    assert "leakcheck: FAILED" in proc.stdout
+
+
+@pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
+def test_failing_command_fails_the_check(ext_dir):
+    proc = _leakcheck(ext_dir, "import sys; sys.exit(3)")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "leakcheck: FAILED: the command exited with status 3" in proc.stdout
+    proc = _leakcheck(ext_dir, "import os, signal; os.kill(os.getpid(), signal.SIGTERM)")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "killed by SIGTERM" in proc.stdout

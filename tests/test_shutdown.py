@@ -50,7 +50,7 @@ def test_raw_threads_without_stopper_still_exit_cleanly(run_py):
         """,
         timeout=60,
     )
-    assert_clean(res)
+    assert_clean(res, allow="leak")          # decrefs that come after phase 2: leaked, counted
     d = res.data
     s = d["stats"]
     # Objects freed plus decrefs dropped after stop (or still in flight when the

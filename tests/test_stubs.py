@@ -69,7 +69,7 @@ def _runtime_members(cls):
 def _report():
     from exitguard.testing import ExitReport
 
-    return ExitReport(0, "", "", 0.0, None, False)
+    return ExitReport(0, "", "", 0.0, None, False, 60.0, "abort")
 
 
 def _error():

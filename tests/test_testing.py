@@ -1,14 +1,16 @@
-"""exitguard.testing.assert_clean_exit and the clean_exit fixture: each failure kind
-produces its own clear message."""
+"""exitguard.testing.assert_clean_exit and the clean_exit fixture: every kind of bad exit
+it reports is caught when present -- with its own clear message, blaming the right
+party -- and quiet when absent."""
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from exitguard.testing import CleanExitError, assert_clean_exit
+from exitguard.testing import KINDS, CleanExitError, assert_clean_exit, run_exit
 
 
 @pytest.fixture
@@ -16,18 +18,65 @@ def env(ext_dir):
     return {"PYTHONPATH": ext_dir, "EXITGUARD_JOIN_TIMEOUT": "1"}
 
 
-def test_clean_extension_passes(env):
-    r = assert_clean_exit(
-        "import ticker, time\nt = ticker.Ticker(2)\nt.feed_many(object() for _ in range(1000))\n",
-        env=env, timeout=60,
-    )
-    assert r.returncode == 0 and r.stats["state"] == "stopped"
-
-
 def _fails(code, env, **kw):
     with pytest.raises(CleanExitError) as info:
         assert_clean_exit(code, env=env, **kw)
     return info.value
+
+
+# Each kind of bad exit: (kind, code that has it, the same code without it, arguments).
+CASES = [
+    ("hang",
+     "import threading\nthreading.Thread(target=threading.Event().wait, name='stuck').start()\n",
+     "import threading, time\nthreading.Thread(target=time.sleep, args=(0.2,), name='brief').start()\n",
+     dict(timeout=8)),
+    ("crash", "import egtest\negtest.crash()\n", "import egtest\n", {}),
+    ("fatal error", "import egtest\negtest.fatal()\n", "import egtest\n", {}),
+    ("exit code", "import sys\nsys.exit(4)\n", "import sys\nsys.exit(0)\n", {}),
+    ("stopper error",
+     "import exitguard\nexitguard.exit_stopper(lambda: 1 / 0)\n",
+     "import exitguard\nexitguard.exit_stopper(lambda: None)\n", {}),
+    ("abandoned thread",
+     "import exitguard, egtest\negtest.registered_attachers(1, None, 1000, True, 'stubborn-1')\n",
+     "import exitguard, egtest\negtest.registered_attachers(1, None, 1000, False, 'willing-1')\n", {}),
+    ("refused attaches",
+     "import exitguard, egtest\negtest.late_attacher(True)\n",
+     "import exitguard, egtest\negtest.late_attacher(False)\n", dict(refused_attaches_ok=False)),
+    ("leak",
+     "import egtest\nclass Gadget: pass\nkeep = [egtest.ref_new(Gadget()) for _ in range(3)]\n",
+     "import egtest\nclass Gadget: pass\negtest.release_in_threads([egtest.ref_new(Gadget()) for _ in range(3)])\n",
+     {}),
+    ("traceback",
+     "import threading\ndef boom(): raise ValueError('thread failed on purpose')\n"
+     "t = threading.Thread(target=boom); t.start(); t.join()\n",
+     "import threading\nt = threading.Thread(target=lambda: None); t.start(); t.join()\n", {}),
+]
+
+
+def test_every_kind_is_tested():
+    assert sorted(c[0] for c in CASES) == sorted(KINDS)
+
+
+@pytest.mark.parametrize("kind,bad,good,kw", CASES, ids=[c[0] for c in CASES])
+def test_caught_when_present(env, kind, bad, good, kw):
+    e = _fails(bad, env, **kw)
+    assert e.kind == kind, str(e)
+    assert str(e).startswith("clean_exit: the code ")
+
+
+@pytest.mark.parametrize("kind,bad,good,kw", CASES, ids=[c[0] for c in CASES])
+def test_quiet_when_absent(env, kind, bad, good, kw):
+    r = assert_clean_exit(good, env=env, **kw)
+    assert r.returncode == 0
+
+
+def test_clean_extension_passes_every_check(env):
+    r = assert_clean_exit(
+        "import ticker\nt = ticker.Ticker(2)\nt.feed_many(object() for _ in range(1000))\n",
+        env=env, timeout=60, refused_attaches_ok=False,
+    )
+    assert r.returncode == 0 and r.stats["state"] == "stopped"
+    assert r.stats["refs_unreleased"] == 0 and r.stats["threads_abandoned"] == 0
 
 
 def test_hang_reports_thread_stacks(env):
@@ -41,48 +90,136 @@ def test_hang_reports_thread_stacks(env):
     assert e.kind == "hang"
     assert "did not exit within 6.0 s" in str(e)
     assert "stuck_worker" in str(e)          # the hung thread's stack is in the report
+    assert e.report.elapsed < 12
+
+
+def test_forking_programs(env):
+    """A child forked by clean code exits normally (no armed watchdog thread for it to
+    wait for at exit); a parent waiting for a hung child hangs, and the whole process
+    group goes at the deadline; a parent that exits while its child still holds the
+    output pipes did not hang (its orphan is killed at the deadline)."""
+    r = assert_clean_exit(
+        "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(0)\n"
+        "assert os.waitpid(pid, 0)[1] == 0\n", env=env, timeout=20)
+    assert r.elapsed < 10
+    e = _fails("import os, time\npid = os.fork()\nif pid == 0:\n    time.sleep(600)\nos.waitpid(pid, 0)\n",
+               env, timeout=5)
+    assert e.kind == "hang" and e.report.elapsed < 20
+    # Both stacks: the parent's in waitpid, the hung child's in its sleep.
+    assert 'File "<clean_exit>", line 5' in str(e) and 'File "<clean_exit>", line 4' in str(e), str(e)
+    r = assert_clean_exit("import os, time\nif os.fork() == 0:\n    time.sleep(600)\n", env=env, timeout=5)
+    assert r.returncode == 0 and r.elapsed < 20
 
 
 def test_crash_is_named(env):
     e = _fails("import egtest\negtest.crash()\n", env, timeout=30)
-    assert e.kind == "crash"
     assert "crashed with SIGSEGV" in str(e)
 
 
 def test_fatal_error(env):
     e = _fails("import egtest\negtest.fatal()\n", env, timeout=30)
-    assert e.kind == "fatal error"
     assert "egtest: fatal on purpose" in str(e)
+    assert "crash" in e.kinds                 # abort() after it: both, the fatal error first
 
 
 def test_unexpected_exit_code(env):
     e = _fails("import sys\nsys.exit(4)\n", env, timeout=30)
-    assert e.kind == "exit code"
     assert "exited with code 4, expected 0" in str(e)
     assert_clean_exit("import sys\nsys.exit(4)\n", env=env, expect_returncode=4)
 
 
-def test_leaked_references(env):
-    e = _fails("import egtest\nclass Gadget: pass\nkeep = [egtest.ref_new(Gadget()) for _ in range(3)]\n", env, timeout=30)
-    assert e.kind == "leak"
-    assert "3 reference(s) never released" in str(e)
-    assert "Gadget" in str(e)
+@pytest.mark.parametrize("code", [
+    "import exitguard\ndef boom():\n    raise ValueError('stopper failed on purpose')\nexitguard.exit_stopper(boom)\n",
+    # Silenced: the error never reaches stderr, exitguard's count still has it.
+    "import exitguard, sys\nsys.unraisablehook = lambda u: None\nexitguard.exit_stopper(lambda: 1 / 0)\n",
+    # A C stopper that leaves an exception set.
+    "import exitguard, egtest\negtest.c_stopper_raise('C stopper failed on purpose')\n",
+], ids=["python", "silenced", "c"])
+def test_stopper_error(env, code):
+    e = _fails(code, env, timeout=30)
+    assert e.kind == "stopper error"
+    assert "1 exit stopper(s) raise" in str(e)
 
 
-def test_refused_attaches(env):
-    # The atexit hook (registered before exitguard is imported) runs after exitguard's
-    # phase 2 and waits until the raw threads have met the closed gate.
-    code = ("import atexit, time\n"
-            "def wait_refused():\n"
-            "    t0 = time.monotonic()\n"
-            "    while egtest.attach_counts()['refused'] == 0 and time.monotonic() - t0 < 10:\n"
-            "        time.sleep(0.001)\n"
-            "atexit.register(wait_refused)\n"
-            "import egtest\negtest.raw_attachers(2, None, 0)\n")
-    assert_clean_exit(code, env=env, timeout=30)        # allowed by default
+def test_abandoned_thread_is_named(env):
+    e = _fails("import exitguard, egtest\negtest.registered_attachers(1, None, 1000, True, 'stubborn-1')\n",
+               env, timeout=30)
+    assert e.kind == "abandoned thread"
+    assert "native thread 'stubborn-1' did not stop within 1.0 s" in str(e)
+
+
+def test_thread_left_inside_the_gate_is_abandoned(env):
+    """A raw thread still attached (inside the gate) when phase 2 closes it: exit goes
+    on without it."""
+    code = ("import exitguard, egtest, time\n"
+            "entered = []\n"
+            "def stay():\n"
+            "    entered.append(1)\n"
+            "    time.sleep(30)\n"
+            "egtest.raw_attachers(1, stay, 1000)\n"
+            "while not entered:\n"
+            "    time.sleep(0.001)\n")
+    e = _fails(code, env, timeout=30)
+    assert e.kind == "abandoned thread"
+    assert "still inside the attach gate" in str(e)
+
+
+def test_refused_attach_late_in_finalization_is_counted(env):
+    """The refusal happens in a libc atexit handler, after Py_FinalizeEx returned --
+    long after any Python atexit hook could read the counters."""
+    code = "import exitguard, egtest\negtest.late_attacher(True)\n"
+    r = assert_clean_exit(code, env=env, timeout=30)        # allowed by default
+    assert "egtest: late attacher tried to attach (rc -%d)" % errno.ESHUTDOWN in r.stderr, r.describe()
+    assert r.stats["attach_refused"] == 1
     e = _fails(code, env, timeout=30, refused_attaches_ok=False)
     assert e.kind == "refused attaches"
-    assert "refused by exitguard's gate" in str(e)
+    assert "1 attach(es) refused by exitguard's gate" in str(e)
+
+
+def test_leak_names_type_count_and_creation_site(env):
+    e = _fails("import egtest\nclass Gadget: pass\nkeep = [egtest.ref_new(Gadget()) for _ in range(3)]\n",
+               env, timeout=30)
+    assert e.kind == "leak"
+    assert "3 reference(s) native code never released" in str(e)
+    (row,) = [l for l in str(e).splitlines() if "__main__.Gadget" in l]
+    assert row.split()[0] == "3"
+    assert "egtest" in row                      # the module that created them ...
+    if shutil.which("addr2line"):
+        assert "egtest.c:" in row and "(t_ref_new)" in row, row    # ... and the line
+
+
+def test_leak_check_follows_exitguard_leaks(env):
+    code = "import egtest\nkeep = egtest.ref_new(object())\n"
+    assert_clean_exit(code, env=dict(env, EXITGUARD_LEAKS="off"))
+    e = _fails(code, dict(env, EXITGUARD_LEAKS="warn"))
+    assert e.kind == "leak" and e.report.returncode == 0
+    e = _fails(code, env)
+    assert e.kind == "leak" and e.report.returncode == 70 and e.kinds == ["leak"]   # 70 is the leak's
+
+
+def test_traceback_in_a_thread(env):
+    e = _fails("import threading\ndef boom(): raise ValueError('thread failed on purpose')\n"
+               "t = threading.Thread(target=boom); t.start(); t.join()\n", env, timeout=30)
+    assert e.kind == "traceback"
+    assert "ValueError: thread failed on purpose" in str(e)
+
+
+def test_allow_and_all_kinds_listed(env):
+    code = "import exitguard, egtest, sys\nexitguard.exit_stopper(lambda: 1 / 0)\nsys.exit(3)\n"
+    e = _fails(code, env, timeout=30)
+    assert e.kinds == ["exit code", "stopper error", "traceback"]
+    assert "also (stopper error)" in str(e) and "also (traceback)" in str(e)
+    assert_clean_exit(code, env=env, expect_returncode=3, allow=["stopper error", "traceback"])
+    with pytest.raises(ValueError, match="unknown kind"):
+        assert_clean_exit("pass", allow=["hangs"])
+
+
+def test_run_exit_collects_without_judging(env):
+    r = run_exit("import sys, exitguard\nprint(sys.argv[1:])\nsys.exit(5)\n", env=env, args=["a", "b"])
+    assert r.returncode == 5 and r.stdout == "['a', 'b']\n"
+    assert r.stats["state"] == "stopped" and len(r.interpreters) == 1
+    assert [p[0] for p in r.problems()] == ["exit code"] and r.problems(expect_returncode=5) == []
+    assert run_exit("pass", env=env).stats is None         # exitguard never imported
 
 
 def test_bad_arguments():

@@ -4,9 +4,11 @@ Each scenario picks, from a seeded random generator, which native activities run
 the program ends -- threads attaching and calling Python, references held and released,
 deferred decrefs, logging, completions posted, Python threads waiting -- how the program
 ends (return, sys.exit(n), an uncaught exception, KeyboardInterrupt, sys.exit in a
-non-main thread, a forked child exiting) and a timing jitter.  Every run must show the
-expected exit code, no hang, no "Fatal Python error", no crash signal, and consistent
-counters: every object handed to native code freed or counted as a decref dropped after
+non-main thread, a forked child exiting) and a timing jitter.  Each runs through
+exitguard.testing.run_exit and must pass its judgement (expected exit code, no hang, no
+"Fatal Python error", no crash signal, no stray traceback, no stopper error, no
+abandoned thread, and no leak but the decrefs that arrive after phase 2 on purpose)
+and show consistent counters: every object handed to native code freed or counted as a decref dropped after
 stop, every completion run or cancelled, every log line delivered, dropped or written
 to stderr after stop.
 
@@ -22,11 +24,11 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
-import tempfile
 import textwrap
 import time
+
+from exitguard.testing import run_exit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ACTIVITIES = ["attach", "refs", "decref", "log", "complete", "wait"]
@@ -158,19 +160,18 @@ def expected_code(sc):
 
 def check(sc, proc, elapsed):
     """Return a list of problems (empty: the run is consistent)."""
-    problems = []
-    exp = expected_code(sc)
-    if proc.returncode != exp:
-        problems.append("exit code %r, expected %r" % (proc.returncode, exp))
-    if "Fatal Python error" in proc.stderr:
-        problems.append("Fatal Python error")
-    if proc.returncode is not None and proc.returncode < 0 and proc.returncode != exp:
-        problems.append("killed by signal %d" % -proc.returncode)
+    allow = {"refused attaches"}          # raw attachers meet the closed gate: its job
+    if sc["ending"] in ("raise", "keyboard"):
+        allow.add("traceback")
+    if "decref" in sc["activities"] or "refs" in sc["activities"]:
+        # Detached native threads still dropping objects (eg_decref, or eg_ref_release
+        # of a reference phase 2 had not swept yet) when phase 2 ends: those decrefs
+        # come after its last drain -- leaked and counted, by design.
+        allow.add("leak")
+    problems = ["%s: the code %s" % (kind, what)
+                for kind, what, _ in proc.problems(expect_returncode=expected_code(sc), allow=allow)]
     if "CHILD FAILED" in proc.stderr:
         problems.append("the forked child failed")
-    tb_ok = sc["ending"] in ("raise", "keyboard")
-    if "Traceback" in proc.stderr and not tb_ok:
-        problems.append("unexpected traceback")
     reports = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")]
     if not reports:
         problems.append("no report (the atexit hook did not run)")
@@ -198,14 +199,8 @@ def check(sc, proc, elapsed):
 
 
 def run_one(sc, env):
-    t0 = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-c", scenario_script(sc)], capture_output=True,
-                              text=True, timeout=TIMEOUT, env=env)
-    except subprocess.TimeoutExpired as e:
-        return ["hang: no exit within %d s" % TIMEOUT], None, time.monotonic() - t0
-    elapsed = time.monotonic() - t0
-    return check(sc, proc, elapsed), proc, elapsed
+    report = run_exit(scenario_script(sc), env=env, timeout=TIMEOUT)
+    return check(sc, report, report.elapsed), report, report.elapsed
 
 
 def build_egtest(dest):
@@ -223,13 +218,12 @@ def main(argv=None):
     ap.add_argument("--build", metavar="DIR", help="build egtest into DIR and use it")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    env = dict(os.environ, PYTHONFAULTHANDLER="1")
-    env.pop("EXITGUARD_LEAKS", None)
+    env = {"EXITGUARD_LEAKS": "warn"}
     if args.build:
         args.build = os.path.abspath(args.build)
         os.makedirs(args.build, exist_ok=True)
         build_egtest(args.build)
-        env["PYTHONPATH"] = os.pathsep.join([args.build, HERE] + [p for p in [env.get("PYTHONPATH")] if p])
+        env["PYTHONPATH"] = os.pathsep.join([args.build, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     rng = random.Random(seed)
     scenarios = [make_scenario(rng) for _ in range(args.runs if args.only is None else args.only + 1)]
     indexes = range(len(scenarios)) if args.only is None else [args.only]

@@ -6,7 +6,8 @@ Loaded automatically when exitguard is installed (entry point ``pytest11``), or 
     def test_my_extension_exits_cleanly(clean_exit):
         clean_exit("import myext; myext.start_workers()")
 
-The fixture is :func:`exitguard.testing.assert_clean_exit`.
+The fixture is :func:`exitguard.testing.assert_clean_exit`: it reports every kind of bad
+exit in :data:`exitguard.testing.KINDS` (``allow=`` accepts the ones a test provokes).
 """
 
 import pytest

@@ -380,6 +380,32 @@ t_c_blocking_stopper(PyObject *m, PyObject *arg)
     return s ? handle_to_py(s) : NULL;
 }
 
+/* Phase 1, attached: a C stopper that breaks its contract and leaves an
+ * exception set. */
+static void
+cstop_raise_run(void *arg)
+{
+    PyErr_SetString(PyExc_RuntimeError, (const char *)arg);
+}
+
+/* c_stopper_raise(message): register that stopper (leaked on purpose). */
+static PyObject *
+t_c_stopper_raise(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    const char *msg = PyUnicode_AsUTF8(arg);
+    char *copy = msg ? strdup(msg) : NULL;
+    if (copy == NULL) {
+        return msg ? PyErr_NoMemory() : NULL;
+    }
+    eg_stopper *s = eg_stopper_add(cstop_raise_run, copy);
+    if (s == NULL) {
+        free(copy);
+        return NULL;
+    }
+    return handle_to_py(s);
+}
+
 static PyObject *
 t_stopper_after(PyObject *m, PyObject *args)
 {
@@ -1771,6 +1797,188 @@ t_cq_counts(PyObject *m, PyObject *Py_UNUSED(ignored))
                          "refused", atomic_load(&refused_posts));
 }
 
+/* ---- releases late in finalization (the leak report must wait) --------- */
+
+/* Module state: references released in m_free, during module teardown --
+ * after exitguard's phase 2 released their objects. */
+#define EGTEST_HELD 16
+typedef struct {
+    eg_ref *held[EGTEST_HELD];
+    int nheld;
+} egtest_state;
+
+/* hold_until_free(obj): keep obj as an eg_ref until this module is freed. */
+static PyObject *
+t_hold_until_free(PyObject *m, PyObject *obj)
+{
+    egtest_state *st = PyModule_GetState(m);
+    if (st->nheld == EGTEST_HELD) {
+        PyErr_SetString(PyExc_OverflowError, "hold_until_free: full");
+        return NULL;
+    }
+    eg_ref *r = eg_ref_new(obj);
+    if (r == NULL) {
+        return NULL;
+    }
+    st->held[st->nheld++] = r;
+    Py_RETURN_NONE;
+}
+
+static void
+egtest_free(void *m)
+{
+    egtest_state *st = PyModule_GetState((PyObject *)m);
+    if (st == NULL || st->nheld == 0) {
+        return;
+    }
+    int n = st->nheld;
+    for (int i = 0; i < n; i++) {
+        eg_ref_release(st->held[i]);
+    }
+    st->nheld = 0;
+    fprintf(stderr, "egtest: m_free released %d reference(s)\n", n);
+}
+
+/* Process-wide references released after Py_FinalizeEx: by a libc atexit
+ * handler, and by a library destructor (_dl_fini, later still).  Both run
+ * without a thread state: eg_ref_release is all they may call. */
+static eg_ref *atexit_held[EGTEST_HELD], *dtor_held[EGTEST_HELD];
+static atomic_int n_atexit_held, n_dtor_held;
+
+static void
+release_atexit_held(void)
+{
+    int n = atomic_exchange(&n_atexit_held, 0);
+    for (int i = 0; i < n; i++) {
+        eg_ref_release(atexit_held[i]);
+    }
+    fprintf(stderr, "egtest: atexit handler released %d reference(s)\n", n);
+}
+
+__attribute__((destructor)) static void
+release_dtor_held(void)
+{
+    int n = atomic_exchange(&n_dtor_held, 0);
+    for (int i = 0; i < n; i++) {
+        eg_ref_release(dtor_held[i]);
+    }
+    if (n > 0) {
+        fprintf(stderr, "egtest: destructor released %d reference(s)\n", n);
+    }
+}
+
+static PyObject *
+hold_in(eg_ref **slots, atomic_int *count, PyObject *obj)
+{
+    if (atomic_load(count) == EGTEST_HELD) {
+        PyErr_SetString(PyExc_OverflowError, "hold: full");
+        return NULL;
+    }
+    eg_ref *r = eg_ref_new(obj);
+    if (r == NULL) {
+        return NULL;
+    }
+    slots[atomic_load(count)] = r;
+    atomic_fetch_add(count, 1);
+    Py_RETURN_NONE;
+}
+
+/* hold_until_atexit(obj): released by a libc atexit handler (registered at
+ * the first call, so it runs before those registered earlier). */
+static PyObject *
+t_hold_until_atexit(PyObject *m, PyObject *obj)
+{
+    (void)m;
+    static int registered;
+    if (!registered) {
+        if (atexit(release_atexit_held) != 0) {
+            return PyErr_NoMemory();
+        }
+        registered = 1;
+    }
+    return hold_in(atexit_held, &n_atexit_held, obj);
+}
+
+/* hold_until_destructor(obj): released by this library's destructor. */
+static PyObject *
+t_hold_until_destructor(PyObject *m, PyObject *obj)
+{
+    (void)m;
+    return hold_in(dtor_held, &n_dtor_held, obj);
+}
+
+/* late_attacher(attach): a raw thread that waits for a libc atexit handler
+ * -- which runs after Py_FinalizeEx returned -- and then, if `attach`, tries
+ * eg_gil_ensure once (refused: the interpreter is gone).  The handler waits
+ * (bounded) until the thread has made its attempt, so the refusal happens
+ * late in finalization, and surely before the process ends. */
+static pthread_mutex_t late_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t late_cond = PTHREAD_COND_INITIALIZER;
+static int late_go, late_done, late_attach, late_rc;
+
+static void *
+late_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&late_lock);
+    while (!late_go) {
+        pthread_cond_wait(&late_cond, &late_lock);
+    }
+    pthread_mutex_unlock(&late_lock);
+    int rc = 0;
+    if (late_attach) {
+        eg_gil st;
+        rc = eg_gil_ensure(NULL, &st);
+        if (rc == 0) {
+            eg_gil_release(&st);     /* would be a gate violation */
+        }
+    }
+    pthread_mutex_lock(&late_lock);
+    late_rc = rc;
+    late_done = 1;
+    pthread_cond_broadcast(&late_cond);
+    pthread_mutex_unlock(&late_lock);
+    return NULL;
+}
+
+static void
+late_atexit(void)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 5;
+    pthread_mutex_lock(&late_lock);
+    late_go = 1;
+    pthread_cond_broadcast(&late_cond);
+    while (!late_done) {
+        if (pthread_cond_timedwait(&late_cond, &late_lock, &deadline) != 0) {
+            break;
+        }
+    }
+    int done = late_done, rc = late_rc;
+    pthread_mutex_unlock(&late_lock);
+    fprintf(stderr, "egtest: late attacher %s (rc %d)\n",
+            !done ? "did not answer" : late_attach ? "tried to attach"
+            : "did not try to attach", rc);
+}
+
+static PyObject *
+t_late_attacher(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    late_attach = PyObject_IsTrue(arg);
+    if (late_attach < 0) {
+        return NULL;
+    }
+    pthread_t tid;
+    if (atexit(late_atexit) != 0 || pthread_create(&tid, NULL, late_main,
+                                                   NULL) != 0) {
+        return PyErr_NoMemory();
+    }
+    pthread_detach(tid);
+    Py_RETURN_NONE;
+}
+
 /* ---- misbehaving on purpose (for exitguard.testing's own tests) ---------- */
 
 /* Lose a malloc'd block: a definite leak in this module, for leakcheck. */
@@ -1787,6 +1995,27 @@ t_leak_bytes(PyObject *m, PyObject *arg)
     leak_sink = malloc((size_t)n);
     memset(leak_sink, 1, (size_t)n);
     leak_sink = NULL;
+    Py_RETURN_NONE;
+}
+
+/* The classic refcount leak: n objects created by this module and never
+ * DECREF'd.  Bytes objects, not GC-tracked ones (a list stays reachable
+ * through the GC's own links), so that valgrind sees each as definitely
+ * lost -- and the allocation stack's top frames are CPython's, with this
+ * module's below them. */
+static PyObject *
+t_leak_objects(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    long n = PyLong_AsLong(arg);
+    if (n < 0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        if (PyBytes_FromStringAndSize(NULL, 1000) == NULL) {
+            return NULL;
+        }
+    }
     Py_RETURN_NONE;
 }
 
@@ -1867,6 +2096,11 @@ static PyMethodDef methods[] = {
     {"decref_then_idle", t_decref_then_idle, METH_O, NULL},
     {"release_idle", t_release_idle, METH_NOARGS, NULL},
     {"c_stopper", t_c_stopper, METH_VARARGS, NULL},
+    {"c_stopper_raise", t_c_stopper_raise, METH_O, NULL},
+    {"hold_until_free", t_hold_until_free, METH_O, NULL},
+    {"hold_until_atexit", t_hold_until_atexit, METH_O, NULL},
+    {"hold_until_destructor", t_hold_until_destructor, METH_O, NULL},
+    {"late_attacher", t_late_attacher, METH_O, NULL},
     {"stopper_after", t_stopper_after, METH_VARARGS, NULL},
     {"stopper_remove", t_stopper_remove, METH_O, NULL},
     {"stopper_add_null", t_stopper_add_null, METH_NOARGS, NULL},
@@ -1893,6 +2127,7 @@ static PyMethodDef methods[] = {
     {"log_runtime_names", t_log_runtime_names, METH_VARARGS, NULL},
     {"crash", t_crash, METH_NOARGS, NULL},
     {"leak_bytes", t_leak_bytes, METH_O, NULL},
+    {"leak_objects", t_leak_objects, METH_O, NULL},
     {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
     {"log_enabled", t_log_enabled, METH_VARARGS, NULL},
@@ -1944,9 +2179,10 @@ static PyModuleDef_Slot slots[] = {
 static struct PyModuleDef def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "egtest",
-    .m_size = 0,
+    .m_size = sizeof(egtest_state),
     .m_methods = methods,
     .m_slots = slots,
+    .m_free = egtest_free,
 };
 
 PyMODINIT_FUNC
