@@ -128,12 +128,7 @@ typedef struct {
     int key_set;               /* the exit destructor is armed */
 } eg__tls_lanes;
 
-#if defined(__GNUC__) && !defined(EG_NO_INITIAL_EXEC_TLS)
-static _Thread_local eg__tls_lanes eg__tls
-    __attribute__((tls_model("initial-exec")));
-#else
-static _Thread_local eg__tls_lanes eg__tls;
-#endif
+static _Thread_local eg__tls_lanes eg__tls EG__TLS_IE;
 
 static pthread_key_t eg__tls_key;
 static pthread_once_t eg__tls_once = PTHREAD_ONCE_INIT;

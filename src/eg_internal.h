@@ -55,6 +55,18 @@
 #  define EG_COLD
 #endif
 
+/* ---- Thread-locals ------------------------------------------------------
+ * On hot paths: initial-exec TLS, one load from %fs instead of
+ * a __tls_get_addr call (general-dynamic, the default for a shared object).
+ * dlopen'ed modules take this from glibc's static TLS surplus; exitguard's
+ * come to about 110 bytes.  EG_NO_INITIAL_EXEC_TLS turns it off for a libc
+ * or loader that has no surplus. */
+#if defined(__GNUC__) && !defined(EG_NO_INITIAL_EXEC_TLS)
+#  define EG__TLS_IE __attribute__((tls_model("initial-exec")))
+#else
+#  define EG__TLS_IE
+#endif
+
 /* ---- Locks that cannot fail -----------------------------------------------
  * A failing pthread_mutex_lock() means a corrupted mutex; there is nothing to
  * recover, so these abort (libuv's uv_mutex_lock does the same). */
@@ -201,7 +213,10 @@ void eg__kicker_after_fork_child(void);  /* pthread_atfork child */
 #define EG_REF_CHUNK0_LOG2 10u
 #define EG_REF_CHUNK0 (1u << EG_REF_CHUNK0_LOG2)
 #define EG_REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
-#define EG__REF_HANDED_OUT UINT32_MAX     /* never a link: see eg_ref */
+/* next_free values that are never a link (indexes stay below 2^32 - 1024). */
+#define EG__REF_HANDED_OUT UINT32_MAX          /* owned by native code */
+#define EG__REF_RELEASING (UINT32_MAX - 1)     /* its owner is releasing it */
+#define EG__REF_CACHED    (UINT32_MAX - 2)     /* free, in a thread's cache */
 
 struct eg_ref {
     /* The object; NULL once released.  When phase 2 releases it for an
@@ -211,8 +226,10 @@ struct eg_ref {
     _Atomic(PyObject *) obj;
     eg__interp *interp;
     void *site;                   /* return address of the eg_ref_new call */
-    /* Free list link (index + 1, 0 = end) while free; EG__REF_HANDED_OUT
-     * from eg_ref_new until its release is on its way back. */
+    /* Free list link (index + 1, 0 = end) while on the free list;
+     * EG__REF_HANDED_OUT from eg_ref_new until its release begins,
+     * EG__REF_RELEASING during it, EG__REF_CACHED while free in a thread's
+     * cache (registry.c). */
     _Atomic uint32_t next_free;
     uint32_t index;
 #ifdef EG_DEBUG
@@ -397,6 +414,9 @@ void eg__log_after_fork_child(void);
 /* Main interpreter, phase 2, attached: deliver everything, then stderr. */
 void eg__log_stop_and_drain(void);
 int eg__log_levels_changed(PyObject *threshold_fn, int only_unknown);
+/* EG_LOG's slow path and the generation its sites compare with (table). */
+int eg_log_site_enabled(eg_log_site *site, int level, const char *logger);
+extern _Atomic unsigned int eg__log_generation;
 void eg__log_stats(uint64_t *delivered, uint64_t *dropped,
                    uint64_t *formatted, uint64_t *filtered,
                    uint64_t *to_stderr);

@@ -209,7 +209,7 @@ typedef struct {
     int key_set;
 } eg__tls_states;
 
-static _Thread_local eg__tls_states eg__tls_ts;
+static _Thread_local eg__tls_states eg__tls_ts EG__TLS_IE;
 static pthread_key_t eg__ts_key;
 static pthread_once_t eg__ts_once = PTHREAD_ONCE_INIT;
 

@@ -80,7 +80,7 @@ eg__records_allocated(void)
 
 /* Attached thread's cache: the record of the interpreter it last asked
  * about.  Never dangling (records are immortal). */
-static _Thread_local eg__interp *eg__cached_record;
+static _Thread_local eg__interp *eg__cached_record EG__TLS_IE;
 
 eg__interp *
 eg__interp_current(void)

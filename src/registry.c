@@ -60,6 +60,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- Slot addressing ------------------------------------------------------- */
@@ -144,7 +145,7 @@ done:
 }
 
 static eg_ref *
-eg__ref_alloc(eg__interp *in)
+eg__ref_pop(eg__interp *in)
 {
     eg__registry *reg = &in->refs;
     uint64_t head = atomic_load_explicit(&reg->free_head, memory_order_acquire);
@@ -164,20 +165,136 @@ eg__ref_alloc(eg__interp *in)
         if (atomic_compare_exchange_weak_explicit(
                 &reg->free_head, &head, eg__free_head(head, next),
                 memory_order_acquire, memory_order_acquire)) {
-            /* Relaxed: only record reuse reads it, once the interpreter is
-             * gone; a plain store, not a counter, keeps the pair cheap.  A
-             * pop that lost the race for this slot read its link before
-             * and fails its CAS on the tag, so the mark cannot mislead it. */
-            atomic_store_explicit(&s->next_free, EG__REF_HANDED_OUT,
-                                  memory_order_relaxed);
+            /* The caller marks it handed out.  A pop that lost the race
+             * for this slot read its link before and fails its CAS on the
+             * tag, so the mark cannot mislead it. */
             return s;
         }
     }
 }
 
+/* ---- The calling thread's slot cache ------------------------------------- */
+
+/* Free slots of one record, kept by the thread that released them for its
+ * next eg_ref_new: a pop and a push of the shared free list are a CAS each,
+ * and a reference made and dropped by one thread needs neither.  Slots in a
+ * cache read EG__REF_CACHED (not handed out: record reuse may go ahead; the
+ * cache holds slots of the same registry in its next life).  The cache goes
+ * back to its record's free list when the thread switches records, fills
+ * up, or exits; a forked child loses the caches of the threads that did
+ * not survive (at most EG__REF_CACHE slots each, never handed out again).
+ * initial-exec TLS: a load from %fs, as the decref lanes' (decref_queue.c). */
+#define EG__REF_CACHE 32u
+
+typedef struct {
+    eg__interp *rec;            /* whose slots these are (NULL: none yet) */
+    uint32_t n;
+    eg_ref *slots[EG__REF_CACHE];
+} eg__ref_cache;
+
+static _Thread_local eg__ref_cache *eg__rcache EG__TLS_IE;
+
+static pthread_key_t eg__rcache_key;
+static pthread_once_t eg__rcache_once = PTHREAD_ONCE_INIT;
+
+/* The first `n` slots of c back to their record's free list, as one chain. */
+static void
+eg__rcache_spill(eg__ref_cache *c, uint32_t n)
+{
+    if (n == 0) {
+        return;
+    }
+    for (uint32_t i = 0; i + 1 < n; i++) {
+        atomic_store_explicit(&c->slots[i]->next_free,
+                              c->slots[i + 1]->index + 1,
+                              memory_order_relaxed);
+    }
+    eg__free_push_chain(&c->rec->refs, c->slots[0], c->slots[n - 1]);
+    memmove(c->slots, c->slots + n, (c->n - n) * sizeof(c->slots[0]));
+    c->n -= n;
+}
+
+/* Thread exit (key destructor): the cache goes back.  No thread state
+ * needed: atomics only. */
+static void
+eg__rcache_destructor(void *arg)
+{
+    eg__ref_cache *c = arg;
+    eg__rcache = NULL;
+    if (c->rec != NULL) {
+        eg__rcache_spill(c, c->n);
+    }
+    free(c);
+}
+
+static void
+eg__rcache_key_create(void)
+{
+    if (pthread_key_create(&eg__rcache_key, eg__rcache_destructor) != 0) {
+        abort();
+    }
+}
+
+/* The calling thread's cache, made on first use; NULL when out of memory
+ * (the shared free list is used then). */
+static eg__ref_cache *
+eg__rcache_get(void)
+{
+    eg__ref_cache *c = eg__rcache;
+    if (EG_LIKELY(c != NULL)) {
+        return c;
+    }
+    pthread_once(&eg__rcache_once, eg__rcache_key_create);
+    c = calloc(1, sizeof(*c));
+    if (c == NULL || pthread_setspecific(eg__rcache_key, c) != 0) {
+        free(c);
+        return NULL;
+    }
+    eg__rcache = c;
+    return c;
+}
+
+/* Any thread (owning `in`'s interpreter or not): a free slot, handed out. */
+static inline eg_ref *
+eg__ref_alloc(eg__interp *in)
+{
+    eg__ref_cache *c = eg__rcache;
+    eg_ref *s;
+    if (EG_LIKELY(c != NULL && c->rec == in && c->n > 0)) {
+        s = c->slots[--c->n];
+    }
+    else if ((s = eg__ref_pop(in)) == NULL) {
+        return NULL;
+    }
+    /* Relaxed: ordered before the registering store's fence in
+     * eg_ref_new, which is what the sweep and record reuse pair with. */
+    atomic_store_explicit(&s->next_free, EG__REF_HANDED_OUT,
+                          memory_order_relaxed);
+    return s;
+}
+
+/* Any thread: s is free again.  Into this thread's cache when it can. */
 static inline void
 eg__ref_free(eg__registry *reg, eg_ref *s)
 {
+    eg__ref_cache *c = eg__rcache_get();
+    if (EG_LIKELY(c != NULL)) {
+        if (EG_UNLIKELY(c->rec != s->interp)) {
+            if (c->rec != NULL) {
+                eg__rcache_spill(c, c->n);
+            }
+            c->rec = s->interp;
+        }
+        if (EG_UNLIKELY(c->n == EG__REF_CACHE)) {
+            eg__rcache_spill(c, EG__REF_CACHE / 2);
+        }
+        /* Relaxed: the slot is this thread's until a spill publishes it
+         * (with the push's release). */
+        atomic_store_explicit(&s->next_free, EG__REF_CACHED,
+                              memory_order_relaxed);
+        c->slots[c->n++] = s;
+        return;
+    }
     /* The push overwrites the mark with the slot's link. */
     eg__free_push_chain(reg, s, s);
 }
@@ -260,12 +377,14 @@ eg_ref_new(PyObject *obj)
     atomic_store_explicit(&s->live, 1, memory_order_relaxed);
 #endif
     s->site = EG__CALLER();
-    /* seq_cst store, then seq_cst load of the state: pairs with phase 2,
-     * which stores RELEASING and then sweeps.  Either the sweep sees this
-     * object, or we see RELEASING and take it back -- or both, and the
-     * exchange lets exactly one of us release it. */
-    atomic_store_explicit(&s->obj, Py_NewRef(obj), memory_order_seq_cst);
-    if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_seq_cst)
+    /* Store, light fence, load of the state: the asymmetric pair of phase
+     * 2's "store RELEASING, heavy fence, sweep" (fence.h).  Either the
+     * sweep sees this object (and the slot handed out), or we see RELEASING
+     * and take it back -- or both, and the exchange lets exactly one of us
+     * release it. */
+    atomic_store_explicit(&s->obj, Py_NewRef(obj), memory_order_release);
+    eg__fence_light();
+    if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
                     >= EG_RELEASING)) {
         /* A mark here means the sweep took our object (and counted it):
          * uncount it, the sweep dropped the object. */
@@ -315,10 +434,25 @@ eg_ref_release(eg_ref *ref)
     }
 #endif
     eg__interp *in = ref->interp;
-    /* The exchange decides between this release and the phase 2 sweep; a
-     * mark (the sweep came first and the report is on) is uncounted. */
-    PyObject *obj = eg__taken(atomic_exchange_explicit(
-        &ref->obj, NULL, memory_order_acq_rel));
+    /* Say that we are releasing it, then look at the state: the same
+     * asymmetric pair as in eg_ref_new.  Before phase 2 the sweep is then
+     * bound to see the mark and leave the slot to us -- the object is ours
+     * without a read-modify-write.  From phase 2 on, the exchange decides
+     * between this release and the sweep; a leak report's mark (the sweep
+     * came first and the report is on) is uncounted. */
+    atomic_store_explicit(&ref->next_free, EG__REF_RELEASING,
+                          memory_order_relaxed);
+    eg__fence_light();
+    PyObject *obj;
+    if (EG_LIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
+                  < EG_RELEASING)) {
+        obj = atomic_load_explicit(&ref->obj, memory_order_relaxed);
+        atomic_store_explicit(&ref->obj, NULL, memory_order_relaxed);
+    }
+    else {
+        obj = eg__taken(atomic_exchange_explicit(&ref->obj, NULL,
+                                                 memory_order_acq_rel));
+    }
     if (obj != NULL) {
         if (eg__attached_to(in)) {
             Py_DECREF(obj);
@@ -387,9 +521,9 @@ eg__registry_reusable(eg__registry *reg)
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
         for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
-            if (atomic_load_explicit(&chunk[i].next_free,
-                                     memory_order_acquire)
-                    == EG__REF_HANDED_OUT) {
+            uint32_t mark = atomic_load_explicit(&chunk[i].next_free,
+                                                 memory_order_acquire);
+            if (mark == EG__REF_HANDED_OUT || mark == EG__REF_RELEASING) {
                 return 0;
             }
         }
@@ -434,6 +568,13 @@ eg__registry_live(eg__registry *reg)
 static PyObject *
 eg__sweep_take(eg__registry *reg, eg_ref *s, int track, void **cache)
 {
+    /* A slot whose owner is releasing it (or that is free) is the owner's:
+     * after the sweep's heavy fence, an owner that said so before it saw
+     * the state below RELEASING and takes the object without an RMW. */
+    if (atomic_load_explicit(&s->next_free, memory_order_relaxed)
+            != EG__REF_HANDED_OUT) {
+        return NULL;
+    }
     PyObject *obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
     if (obj == NULL || eg__is_mark(obj)) {
         return NULL;
@@ -471,6 +612,18 @@ eg__registry_sweep(eg__interp *in, int track)
     eg__registry *reg = &in->refs;
     void *cache = NULL;
     atomic_store(&reg->swept_pid, (int)getpid());
+    /* The state reads RELEASING (shutdown.c): order that before every load
+     * of a slot, in every thread's view (the heavy side of eg_ref_new's and
+     * eg_ref_release's pairs).  If membarrier let us down, light fences that
+     * ran just before were full ones for nobody: give their stores the time
+     * they need to land (nanoseconds; a millisecond here) before looking. */
+    if (eg__fence_heavy() < 0) {
+        struct timespec ms = {0, 1000000L};
+        EG__BEGIN_WAIT
+        nanosleep(&ms, NULL);
+        EG__END_WAIT
+        eg__full_fence();
+    }
     uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
                                             memory_order_acquire);
     for (uint32_t k = 0; k < nchunks; k++) {

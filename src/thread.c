@@ -62,7 +62,7 @@ struct eg_thread {
     struct eg_thread *prev, *next;
 };
 
-static _Thread_local struct eg_thread *eg__self;
+static _Thread_local struct eg_thread *eg__self EG__TLS_IE;
 
 void
 eg__threads_init(eg__threads *th)
