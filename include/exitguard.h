@@ -77,6 +77,12 @@ typedef struct eg_event eg_event;
  * exitguard.CompletionQueue object. */
 typedef struct eg_cq eg_cq;
 
+/* One EG_LOG call site's copy of its logger's level (see EG_LOG).  Private;
+ * a static variable that EG_LOG defines. */
+typedef struct eg_log_site {
+    unsigned long long eg__private;
+} eg_log_site;
+
 /* The state of one eg_gil_ensure() call, to pass to eg_gil_release().  The
  * caller provides the storage (usually on its stack); the fields are
  * private. */
@@ -136,6 +142,9 @@ typedef struct eg_capi {
                           PyObject *(*build)(void *arg, int cancelled,
                                              int *is_exception),
                           void *arg);
+    /* ABI 1, appended in 0.2.0: EG_LOG's per-call-site level cache. */
+    int (*log_site_enabled)(eg_log_site *site, int level, const char *logger);
+    const unsigned int *log_generation;   /* read with __atomic_load_n */
 } eg_capi;
 
 #if defined(EG_BUILDING)
@@ -408,6 +417,21 @@ static inline void eg_log(int level, const char *logger, const char *fmt,
 #else
 void eg_log(int level, const char *logger, const char *fmt, ...);
 #endif
+
+/* EG_LOG: eg_log for a logger name that is a string literal (checked at
+ *   compile time), with the level kept at the call site: a message below
+ *   the level costs two loads and a compare -- no hash of the name, no
+ *   call -- and its arguments are not evaluated.  The copy follows every
+ *   change of logging's configuration (a generation number the site
+ *   compares with).  Thread: any thread, as eg_log.  Unlike eg_log's, the
+ *   messages it skips are not counted in stats()["log_filtered"]: counting
+ *   them would cost more than the check.  A statement, not an expression. */
+#define EG_LOG(level, logger, ...)                                          \
+    do {                                                                    \
+        static eg_log_site eg__log_site_;                                   \
+        if (eg__log_site_on(&eg__log_site_, (level), "" logger ""))          \
+            eg_log((level), logger, __VA_ARGS__);                            \
+    } while (0)
 
 /* eg_log_enabled: 1 when a message of `level` to `logger` would be
  *   formatted (the cached level allows it, or is not known yet), else 0.
@@ -685,6 +709,23 @@ static inline int eg_thread_stop_requested(void)
 {
     /* Async-signal-safe: nothing to say from here. */
     return EG__IMPORTED() ? eg__capi_table->thread_stop_requested() : 0;
+}
+/* EG_LOG's check: 1 to go on to eg_log (enabled, level not known yet, or
+ * exitguard not imported -- eg_log says so). */
+static inline int eg__log_site_on(eg_log_site *site, int level,
+                                  const char *logger)
+{
+    const eg_capi *t = eg__capi_table;
+    if (t == NULL) {
+        return 1;
+    }
+    unsigned long long v = __atomic_load_n(&site->eg__private,
+                                           __ATOMIC_RELAXED);
+    unsigned int gen = __atomic_load_n(t->log_generation, __ATOMIC_ACQUIRE);
+    if ((unsigned int)(v >> 32) == gen) {
+        return level >= (int)(unsigned int)v;
+    }
+    return t->log_site_enabled(site, level, logger);
 }
 static inline void eg_vlog(int level, const char *logger, const char *fmt,
                            va_list ap)

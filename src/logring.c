@@ -107,17 +107,96 @@ static struct {
     pthread_mutex_t start_lock;
     PyObject *deliver;               /* exitguard._logging.deliver (main) */
     _Atomic uint64_t delivered, dropped, dropped_unreported;
-    _Atomic uint64_t formatted, filtered, to_stderr;
+    _Atomic uint64_t formatted, to_stderr;
+    /* Messages below their level: per thread (a store, not an RMW, on the
+     * fastest path there is), summed by eg__log_stats. */
+    pthread_mutex_t counters_lock;   /* protects counters, retired */
+    struct eg__logctr *counters;
+    uint64_t filtered_retired;       /* of threads that have exited */
 } eg__log = {
     .efd = -1,
     .start_lock = PTHREAD_MUTEX_INITIALIZER,
+    .counters_lock = PTHREAD_MUTEX_INITIALIZER,
 };
+
+/* Bumped (release) after every change of a threshold: EG_LOG's call sites
+ * compare their copy's generation with it (through the capsule's table).
+ * Starts at 1, so a zeroed site never matches. */
+_Atomic unsigned int eg__log_generation = 1;
+
+/* One thread's count of filtered messages: heap memory, listed while the
+ * thread lives (its TLS goes away before the list could be read). */
+typedef struct eg__logctr {
+    _Atomic uint64_t filtered;       /* the owner writes */
+    struct eg__logctr *prev, *next;  /* under counters_lock */
+} eg__logctr;
 
 static _Thread_local struct {
     int named;
     char name[16];
     unsigned long tid;
-} eg__log_self;
+    eg__logctr *ctr;
+} eg__log_self EG__TLS_IE;
+
+static pthread_key_t eg__logctr_key;
+static pthread_once_t eg__logctr_once = PTHREAD_ONCE_INIT;
+
+/* Thread exit (key destructor), no thread state: fold the count in. */
+static void
+eg__logctr_destructor(void *arg)
+{
+    eg__logctr *c = arg;
+    eg__mutex_lock(&eg__log.counters_lock);
+    eg__log.filtered_retired += atomic_load_explicit(&c->filtered,
+                                                     memory_order_relaxed);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    }
+    else {
+        eg__log.counters = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    eg__mutex_unlock(&eg__log.counters_lock);
+    eg__log_self.ctr = NULL;
+    free(c);
+}
+
+static void
+eg__logctr_key_create(void)
+{
+    if (pthread_key_create(&eg__logctr_key, eg__logctr_destructor) != 0) {
+        abort();
+    }
+}
+
+/* Count one filtered message for the calling thread. */
+static inline void
+eg__log_count_filtered(void)
+{
+    eg__logctr *c = eg__log_self.ctr;
+    if (EG_UNLIKELY(c == NULL)) {
+        pthread_once(&eg__logctr_once, eg__logctr_key_create);
+        c = calloc(1, sizeof(*c));
+        if (c == NULL || pthread_setspecific(eg__logctr_key, c) != 0) {
+            free(c);
+            return;                  /* out of memory: one count lost */
+        }
+        eg__mutex_lock(&eg__log.counters_lock);
+        c->next = eg__log.counters;
+        if (c->next != NULL) {
+            c->next->prev = c;
+        }
+        eg__log.counters = c;
+        eg__mutex_unlock(&eg__log.counters_lock);
+        eg__log_self.ctr = c;
+    }
+    atomic_store_explicit(&c->filtered,
+                          atomic_load_explicit(&c->filtered,
+                                               memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
 
 /* ---- Process setup --------------------------------------------------------- */
 
@@ -222,6 +301,27 @@ eg__level_entry(const char *name)
 }
 
 int
+eg_log_site_enabled(eg_log_site *site, int level, const char *logger)
+{
+    /* Acquire, before the threshold: a generation that matches the one we
+     * store was published after the threshold we read (see generation). */
+    unsigned int gen = atomic_load_explicit(&eg__log_generation,
+                                            memory_order_acquire);
+    eg__loglevel *e = eg__level_entry(logger ? logger : "");
+    int threshold = e != NULL ? atomic_load_explicit(&e->threshold,
+                                                     memory_order_relaxed)
+                              : 0;
+    if (threshold < 0) {
+        threshold = 0;
+    }
+    /* Relaxed: any thread's pair is a true one; the last store wins. */
+    __atomic_store_n(&site->eg__private,
+                     ((unsigned long long)gen << 32) | (unsigned int)threshold,
+                     __ATOMIC_RELAXED);
+    return level >= threshold;
+}
+
+int
 eg_log_enabled(int level, const char *logger)
 {
     const char *key = logger ? logger : "";
@@ -311,7 +411,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
      * configuration change, never corrupt anything. */
     if (e != NULL && level < atomic_load_explicit(&e->threshold,
                                                   memory_order_relaxed)) {
-        atomic_fetch_add_explicit(&eg__log.filtered, 1, memory_order_relaxed);
+        eg__log_count_filtered();
         return;
     }
     /* Count ourselves in before checking `stopped` (seq_cst on both
@@ -621,6 +721,9 @@ eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
         }
         atomic_store_explicit(&e->threshold, (int)t, memory_order_relaxed);
     }
+    /* Release: an EG_LOG site that reads this generation reads these
+     * thresholds too (eg_log_site_enabled). */
+    atomic_fetch_add_explicit(&eg__log_generation, 1, memory_order_release);
     return 0;
 }
 
@@ -632,7 +735,13 @@ eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
     *delivered = atomic_load(&eg__log.delivered);
     *dropped = atomic_load(&eg__log.dropped);
     *formatted = atomic_load(&eg__log.formatted);
-    *filtered = atomic_load(&eg__log.filtered);
+    eg__mutex_lock(&eg__log.counters_lock);
+    uint64_t f = eg__log.filtered_retired;
+    for (eg__logctr *c = eg__log.counters; c != NULL; c = c->next) {
+        f += atomic_load_explicit(&c->filtered, memory_order_relaxed);
+    }
+    eg__mutex_unlock(&eg__log.counters_lock);
+    *filtered = f;
 }
 
 /* For tests/c/stress_logring.c only: pop one published message without
@@ -669,9 +778,12 @@ eg__log_pop_raw(int *level, char *msg, size_t cap)
 void
 eg__log_after_fork_child(void)
 {
-    if (pthread_mutex_init(&eg__log.start_lock, NULL) != 0) {
+    if (pthread_mutex_init(&eg__log.start_lock, NULL) != 0
+            || pthread_mutex_init(&eg__log.counters_lock, NULL) != 0) {
         abort();
     }
+    /* The counters of threads that did not survive stay listed (and
+     * counted): their memory is the child's, never freed. */
     atomic_store(&eg__log.started, 0);
     atomic_store(&eg__log.sleeping, 0);
     atomic_store(&eg__log.stop, 0);

@@ -25,6 +25,8 @@ int use_api(PyObject *o)
     eg_stopper *s = eg_stopper_add(stop_cb, NULL);
     (void)eg_stopper_after(s, s);
     eg_stopper_remove(s);
+    EG_LOG(EG_LOG_DEBUG, "use.api", "ref %p", (void *)r);
+    eg_log(EG_LOG_INFO, NULL, "done");
     return eg_strerror(0) != NULL ? 0 : -1;
 }
 """
@@ -56,6 +58,19 @@ def test_header_compiles(tmp_path, compiler, lang, defines):
         cmd.remove("-pedantic-errors")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, " ".join(cmd) + "\n" + proc.stderr
+
+
+def test_call_site_log_wants_a_literal_logger_name(tmp_path):
+    """EG_LOG keeps its level per call site, which is only right when the logger name
+    cannot change under it: a name in a buffer does not compile (eg_log takes it)."""
+    src = tmp_path / "bad.c"
+    src.write_text('#include <exitguard.h>\n'
+                   'void f(char *buf);\n'
+                   'void f(char *buf) { EG_LOG(EG_LOG_INFO, buf, "x"); }\n')
+    cmd = [shutil.which("gcc"), "-fsyntax-only", "-std=c11", "-I", exitguard.get_include(),
+           "-I", sysconfig.get_paths()["include"], str(src)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0 and "bad.c:3" in proc.stderr, proc.stderr
 
 
 def test_installed_headers():

@@ -104,6 +104,48 @@ print(json.dumps({"formatted_below": f1 - f0, "formatted_after": f2 - f1,
     assert d["formatted_after"] == 10
 
 
+def test_call_site_level_follows_every_configuration_change(run_py):
+    """EG_LOG keeps its logger's level at the call site: below it a message is
+    neither formatted nor are its arguments evaluated; setLevel and logging.disable
+    reach the site at once (a generation it compares with)."""
+    res = run_py(
+        COLLECT
+        + """
+import exitguard, egtest, time
+site = logging.getLogger("egtest.site")
+site.setLevel(logging.WARNING)
+egtest.site_log(1, logging.WARNING)         # first use: level not known yet, delivered
+t0 = time.monotonic()
+while egtest.log_enabled_name(logging.DEBUG, "egtest.site") and time.monotonic() - t0 < 5:
+    time.sleep(0.001)                       # until the forwarder has taught exitguard
+steps = {}
+def delivered():
+    return sum(1 for r in received if r[3] == "egtest.site")
+def step(name, count, level):
+    e0, f0, d0 = egtest.site_evals(), exitguard.stats()["log_formatted"], delivered()
+    egtest.site_log(count, level)
+    formatted = exitguard.stats()["log_formatted"] - f0
+    t0 = time.monotonic()                   # delivered under this configuration
+    while delivered() - d0 < formatted and time.monotonic() - t0 < 5:
+        time.sleep(0.001)
+    steps[name] = [egtest.site_evals() - e0, formatted]
+step("debug_below", 1000, logging.DEBUG)
+site.setLevel(logging.DEBUG)
+step("debug_after_setlevel", 10, logging.DEBUG)
+logging.disable(logging.CRITICAL)
+step("error_while_disabled", 10, logging.ERROR)
+logging.disable(logging.NOTSET)
+step("error_after_enable", 5, logging.ERROR)
+print(json.dumps({"steps": steps, "delivered": delivered()}))
+"""
+    )
+    assert_clean(res)
+    d = res.data
+    assert d["steps"] == {"debug_below": [0, 0], "debug_after_setlevel": [10, 10],
+                          "error_while_disabled": [0, 0], "error_after_enable": [5, 5]}, res.describe()
+    assert d["delivered"] == 1 + 10 + 5, res.describe()
+
+
 def test_long_message_truncated_with_marker(run_py):
     res = run_py(
         COLLECT

@@ -1530,6 +1530,71 @@ t_log_enabled(PyObject *m, PyObject *args)
                                                        : "egtest.native"));
 }
 
+/* site_log(count, level): a raw thread logs `count` messages through one
+ * EG_LOG call site to logger "egtest.site", joined with the GIL released.
+ * The message's argument counts its own evaluations (site_evals()): EG_LOG
+ * evaluates nothing for a message below the level. */
+static atomic_long n_site_evals;
+
+static long
+site_eval(long i)
+{
+    atomic_fetch_add(&n_site_evals, 1);
+    return i;
+}
+
+typedef struct {
+    int count, level;
+} sitejob_t;
+
+static void *
+site_log_main(void *arg)
+{
+    sitejob_t *j = arg;
+    for (int i = 0; i < j->count; i++) {
+        EG_LOG(j->level, "egtest.site", "site m%ld", site_eval(i));
+    }
+    return NULL;
+}
+
+static PyObject *
+t_site_log(PyObject *m, PyObject *args)
+{
+    (void)m;
+    sitejob_t j;
+    if (!PyArg_ParseTuple(args, "ii", &j.count, &j.level)) {
+        return NULL;
+    }
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, site_log_main, &j) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(tid, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+t_site_evals(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    return PyLong_FromLong(atomic_load(&n_site_evals));
+}
+
+/* log_enabled_name(level, name): eg_log_enabled for any logger name. */
+static PyObject *
+t_log_enabled_name(PyObject *m, PyObject *args)
+{
+    (void)m;
+    int level;
+    const char *name;
+    if (!PyArg_ParseTuple(args, "is", &level, &name)) {
+        return NULL;
+    }
+    return PyBool_FromLong(eg_log_enabled(level, name));
+}
+
 /* ---- events ----------------------------------------------------------------- */
 
 static eg_event *the_event;
@@ -2131,6 +2196,9 @@ static PyMethodDef methods[] = {
     {"fatal", t_fatal, METH_NOARGS, NULL},
     {"log_from_threads", t_log_from_threads, METH_VARARGS, NULL},
     {"log_enabled", t_log_enabled, METH_VARARGS, NULL},
+    {"site_log", t_site_log, METH_VARARGS, NULL},
+    {"site_evals", t_site_evals, METH_NOARGS, NULL},
+    {"log_enabled_name", t_log_enabled_name, METH_VARARGS, NULL},
     {"event_wait", t_event_wait, METH_O, NULL},
     {"event_set_later", t_event_set_later, METH_O, NULL},
     {"cq_post_many", t_cq_post_many, METH_VARARGS, NULL},
