@@ -22,7 +22,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind
+.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind realworld realworld-one
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -82,6 +82,16 @@ bench-all:
 
 bench-callgrind: install
 	$(VPY) bench/callgrind.py
+
+# The realworld scenarios (tests/realworld, issue 16): both builds of every
+# scenario, REALWORLD_RUNS fresh processes each, on one interpreter; prints the
+# summary as one "REALWORLD-RESULTS {json}" line for tests/realworld/run_all.py.
+REALWORLD_RUNS ?= 10
+REALWORLD_JOBS ?= 2
+REALWORLD_ONLY ?=
+realworld-one: install
+	$(VPY) tests/realworld/harness.py --build $(VENV)/realworld --runs $(REALWORLD_RUNS) \
+	    --jobs $(REALWORLD_JOBS) $(REALWORLD_ARGS) $(if $(REALWORLD_ONLY),--only $(REALWORLD_ONLY)) --json -
 
 demo: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker

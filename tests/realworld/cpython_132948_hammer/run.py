@@ -1,0 +1,23 @@
+"""python/cpython#132948: import an extension whose thread attaches forever, then exit.
+
+The deep nested-list cycle at module level is rust-lang/rust#135929's trick: the
+final garbage collection takes a while, so the thread's next attach lands inside
+finalization instead of after it."""
+import importlib
+import sys
+
+mod = importlib.import_module(sys.argv[1])
+
+
+def make_cycle(depth):
+    start = []
+    cur = [start]
+    for _ in range(depth):
+        cur = [cur]
+    start.append(cur)
+    return start
+
+
+bomb = make_cycle(300_000)
+while mod.counters()["calls"] < 100:    # the thread is running and attaching
+    pass
