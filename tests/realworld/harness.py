@@ -16,8 +16,12 @@ killed as a group when it outlives its timeout.  Its outcome is one word:
     error      another exit status than expected, or a traceback / "Exception
                ignored" / PythonFinalizationError / "Event loop is closed" on stderr,
                or exitguard naming a thread it could not stop
-    leak       exited cleanly, but a counter check failed (objects never freed,
-               messages never delivered): what the scenario's checks say
+    killed     exited cleanly, but a native thread was force-unwound (pthread_exit)
+    stuck      exited cleanly, but a native thread never ended (parked, or abandoned)
+    leak       exited cleanly, but objects native code held were never freed
+    lost       exited cleanly, but messages were neither delivered nor counted
+    late       exited cleanly, but Python was touched after it must not be
+    idle       the scenario never did its work: a broken reproducer, not a result
     slow       clean, but took longer than the scenario's time bound
     clean      none of the above
 
@@ -48,13 +52,13 @@ import scenarios as scenario_table  # noqa: E402
 VARIANTS = ("naive", "exitguard")
 
 # stderr lines that make an otherwise clean exit an "error".
-ERROR_MARKERS = (
-    "Traceback (most recent call last)",
-    "Exception ignored",
+ERROR_MARKERS = (                   # most specific first: the first found names it
     "PythonFinalizationError",
     "Event loop is closed",
     "couldn't stop thread",
     "did not stop within",          # exitguard naming a thread it had to abandon
+    "Exception ignored",
+    "Traceback (most recent call last)",
 )
 
 
@@ -160,12 +164,15 @@ class Outcome:
 
 
 def _counters(stdout, stderr):
-    counters = {}
+    counters, overlay = {}, {}
     for line in stdout.splitlines():
         if line.startswith("REALWORLD {"):
             counters.update(json.loads(line[len("REALWORLD "):]))
         elif line.startswith("RWDATA {"):
-            counters.update(json.loads(line[len("RWDATA "):]))
+            # What the script measured itself (from exitguard's counters): wins
+            # over the extension's own tallies, which it replaces.
+            overlay.update(json.loads(line[len("RWDATA "):]))
+    counters.update(overlay)
     # exitguard's own account of what it leaked on purpose (EXITGUARD_LEAKS=warn).
     counted = 0
     for pat in (r"exitguard: (\d+) deferred decref\(s\) arrived after phase 2",
@@ -202,7 +209,7 @@ def classify(scn, variant, returncode, elapsed, stdout, stderr, timed_out):
     for check in scn.checks:
         problem = check(counters, variant)
         if problem:
-            return "leak", problem, counters
+            return problem[0], problem[1], counters
     if elapsed > scn.time_bound:
         return "slow", "%.1f s > %.1f s" % (elapsed, scn.time_bound), counters
     return "clean", "", counters

@@ -23,29 +23,34 @@ CLASSES = {
 }
 
 
-# ---- checks: each returns None when fine, else a short problem statement --------
+# ---- checks: each returns None when fine, else (outcome, problem) -----------------
+#
+# The outcome words are the harness's (harness.py): leak (objects never freed),
+# lost (messages neither delivered nor counted), killed (a native thread was
+# force-unwound), stuck (a native thread never ended), idle (the scenario never
+# did its work -- a broken reproducer, not a result).
 
 
 def freed_all(c, variant):
     """Every Token native code held was deallocated, or exitguard counted it as leaked."""
     if c.get("made", 0) == 0:
-        return "no object was ever made: the scenario did not run"
+        return "idle", "no object was ever made: the scenario did not run"
     missing = c["made"] - c["freed"] - c.get("eg_counted_leaks", 0)
     if missing > 0:
-        return "%d of %d objects never freed" % (missing, c["made"])
+        return "leak", "%d of %d objects never freed" % (missing, c["made"])
     return None
 
 
 def no_late(c, variant):
     """Nothing touched Python after the point the scenario says it must not."""
     if c.get("late", 0):
-        return "%d late touches of Python" % c["late"]
+        return "late", "%d late touches of Python" % c["late"]
     return None
 
 
 def did_calls(c, variant):
     if c.get("calls", 0) == 0:
-        return "native threads never called into Python: the scenario did not run"
+        return "idle", "native threads never called into Python: the scenario did not run"
     return None
 
 
@@ -53,18 +58,19 @@ def delivered_all(c, variant):
     """Every message emitted was delivered or counted as dropped."""
     lost = c.get("emitted", 0) - c.get("delivered", 0) - c.get("dropped", 0)
     if c.get("emitted", 0) == 0:
-        return "nothing was emitted: the scenario did not run"
+        return "idle", "nothing was emitted: the scenario did not run"
     if lost > 0:
-        return "%d of %d messages lost (neither delivered nor counted)" % (lost, c["emitted"])
+        return "lost", "%d of %d messages neither delivered nor counted" % (lost, c["emitted"])
     return None
 
 
 def threads_ended(c, variant):
     """Every native thread started returned normally (none killed, none left running)."""
     if c.get("killed", 0):
-        return "%d native threads force-unwound" % c["killed"]
+        return "killed", "%d native threads force-unwound (pthread_exit)" % c["killed"]
     if c.get("ended", 0) < c.get("started", 0):
-        return "%d of %d native threads never ended" % (c["started"] - c["ended"], c["started"])
+        return "stuck", "%d of %d native threads never ended" % (c["started"] - c["ended"],
+                                                                c["started"])
     return None
 
 
@@ -259,6 +265,107 @@ SCENARIOS = [
              "(never attaches); the service's pool is left as it is.",
         also=("gaogaotiantian/viztracer PR #688", "gaogaotiantian/viztracer PR #699"),
         checks=(did_calls, freed_all),
+    ),
+    Scenario(
+        "pybind11_1598_static",
+        upstream="pybind/pybind11#1598",
+        url="https://github.com/pybind/pybind11/issues/1598",
+        project="pybind11",
+        klass="late-decref",
+        title="static py::object in C++ function may cause Segfault on exit",
+        source="ext.cpp",
+        shape="A function keeps the last object it was given in a function-local static "
+              "owning holder (py::object's ownership rules); `a = last([])`; the static is "
+              "destroyed in exit(), after Py_Finalize, and drops the list's last reference.",
+        naive="The list is deallocated after finalization: a segfault at exit.",
+        port="The static is an exitguard::ref: phase 2 releases the object, the "
+             "destructor in exit() frees memory only.",
+        also=("python/cpython#126508", "pybind/pybind11#5270", "pybind/pybind11 PR #4769"),
+        checks=(freed_all,),
+    ),
+    Scenario(
+        "cassandra_1287_reactor",
+        upstream="apache/cassandra-python-driver PR #1287",
+        url="https://github.com/apache/cassandra-python-driver/pull/1287",
+        project="cassandra-driver",
+        klass="atexit",
+        title="Prevent crashes at exit",
+        source="ext.c",
+        shape="A process-global reactor runs native timer callbacks into Python "
+              "(PyGILState_Ensure) on a daemon thread started lazily; its cleanup was "
+              "registered at import as atexit.register(partial(_cleanup, _global_loop)) "
+              "while _global_loop was None, so it does nothing and the reactor runs into "
+              "finalization.",
+        naive="The reactor keeps attaching during finalization: killed by pthread_exit "
+              "(3.9-3.13.7), parked (3.13.8+), SIGSEGV when the attach lands after the "
+              "interpreter is freed; its connections are never released.",
+        port="Callbacks attach through eg_gil_ensure; the loop registers its cleanup with "
+             "exitguard.exit_stopper when it is created (the registry finds it, whatever "
+             "the buggy atexit line captured); phase 1 stops the loop and joins the thread.",
+        also=("datahub-project/datahub PR #18933", "scylladb/python-driver#524"),
+        checks=(did_calls, threads_ended, freed_all),
+    ),
+    Scenario(
+        "grpc_11804_atexit",
+        upstream="grpc/grpc#11804",
+        url="https://github.com/grpc/grpc/issues/11804",
+        project="gRPC",
+        klass="atexit",
+        title="Python grpc client causes segfault at interpreter shutdown "
+              "(and the atexit design of its fix discussion, grpc PR #17621)",
+        source="ext.c",
+        shape="A server's daemon poller hands a streaming call to a concurrent.futures "
+              "executor; the handler waits in the request iterator for the next message "
+              "from the core when the program ends.  The server's stop -- which cancels "
+              "the stream -- is registered with atexit, as PR #17621 proposed.",
+        naive="The interpreter joins the executor's workers (concurrent.futures' "
+              "_python_exit) before atexit runs: the handler waits forever, and so does "
+              "the exit (grpc#4969, grpc#5084).",
+        port="stop() is an exit stopper (eg_stopper_add): phase 1, before the interpreter "
+             "waits for its threads.",
+        also=("grpc/grpc PR #17621", "grpc/grpc#4969", "grpc/grpc#5084"),
+        checks=(did_calls,),
+    ),
+    Scenario(
+        "spead2_logging",
+        upstream="ska-sa/spead2 tests/shutdown.py (test_logging_shutdown)",
+        url="https://github.com/ska-sa/spead2/blob/master/tests/shutdown.py",
+        project="spead2",
+        klass="logging",
+        title="Logging thread must be cleaned up at shutdown (the Python 3 shutdown crash "
+              "fixed by spead2 commit 95421333)",
+        source="ext.cpp",
+        shape="C++ code logs 20,000 messages (more than the 1024-slot ring) at a level "
+              "logging discards, then the interpreter exits; one native consumer thread "
+              "forwards them to logging, holding the GIL except while it waits, so a scoped "
+              "guard re-acquires the GIL for every message.",
+        naive="The consumer re-acquires the GIL during finalization in the guard's "
+              "destructor: std::terminate (3.9-3.13.7); parked with the rest of the messages "
+              "undelivered since 3.13.8.",
+        port="log_info is eg_log: no thread of our own, no GIL; exitguard drains the ring in "
+             "phase 2 and counts what it filtered or dropped.",
+        also=("spead2 commit 95421333", "spead2 commit 010ddef4", "vorner/pyo3-log#30"),
+        checks=(delivered_all,),
+    ),
+    Scenario(
+        "pycyphal_202_loop_closed",
+        upstream="OpenCyphal/pycyphal#202",
+        url="https://github.com/OpenCyphal/pycyphal/issues/202",
+        project="PyCyphal",
+        klass="asyncio",
+        title="Worker threads should automatically terminate when the event loop is closed",
+        source="ext.c",
+        shape="A media driver's native reader thread delivers every frame with "
+              "loop.call_soon_threadsafe; asyncio.run() closes the loop and the program "
+              "goes on shutting down for a moment while the reader keeps reading.",
+        naive="\"RuntimeError: Event loop is closed\" logged with a traceback for every "
+              "frame, and the reader still attaches when the interpreter finalizes.",
+        port="Frames go to an exitguard.CompletionQueue attached to the loop (eg_cq_post); "
+             "what the loop never ran is called cancelled in phase 2; the reader is an "
+             "eg_thread stopped in phase 1.",
+        also=("OpenCyphal/pycyphal#224", "OpenCyphal/pycyphal PR #324",
+              "ramses-rf/ramses_rf PR #824", "python/cpython PR #27688"),
+        checks=(delivered_all, eg_only(threads_ended)),
     ),
 ]
 
