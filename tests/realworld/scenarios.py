@@ -262,7 +262,8 @@ SCENARIOS = [
         naive="Deterministic: every run's TLS destructor attaches to a freed interpreter "
               "(SIGSEGV, exit status 139 after the trace was saved).",
         port="The tracer's per-thread metadata is an eg_ref released with eg_ref_release "
-             "(never attaches); the service's pool is left as it is.",
+             "(never attaches); the pool's tasks attach through eg_gil_ensure; the pool "
+             "stays a static joined in exit().",
         also=("gaogaotiantian/viztracer PR #688", "gaogaotiantian/viztracer PR #699"),
         checks=(did_calls, freed_all),
     ),

@@ -23,6 +23,7 @@
 #include "rw.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 static struct {
@@ -76,7 +77,7 @@ static PyType_Spec RequestIterator_spec = {
 typedef struct {
     PyObject_HEAD
     PyObject *executor, *handler, *poller;
-    int stopped;
+    atomic_int stopped;         /* stop() from Python and the stopper may race */
 #ifndef RW_NAIVE
     eg_stopper *stopper;
 #endif
@@ -120,10 +121,9 @@ py_serve(PyObject *m, PyObject *op)
 static PyObject *
 server_stop(Server *self)
 {
-    if (self->stopped) {
+    if (atomic_exchange(&self->stopped, 1)) {
         Py_RETURN_NONE;
     }
-    self->stopped = 1;
     pthread_mutex_lock(&core.lock);
     core.closed = 1;
     pthread_cond_broadcast(&core.cond);

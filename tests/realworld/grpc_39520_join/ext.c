@@ -25,6 +25,7 @@
 #include "rw.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -160,7 +161,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *capsule;          /* the cq */
     PyObject *thread;           /* the poller: threading.Thread */
-    int shut;
+    atomic_int shut;            /* the stopper and dealloc may both try */
 #ifndef RW_NAIVE
     eg_stopper *stopper;
 #endif
@@ -170,10 +171,9 @@ typedef struct {
 static void
 channel_shutdown(Channel *self)
 {
-    if (self->shut) {
+    if (atomic_exchange(&self->shut, 1)) {
         return;
     }
-    self->shut = 1;
     cq *q = PyCapsule_GetPointer(self->capsule, "rw.cq");
     pthread_mutex_lock(&q->lock);
     q->shutdown = 1;

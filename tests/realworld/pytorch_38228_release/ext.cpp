@@ -146,7 +146,13 @@ struct Engine {
     }
 };
 
-Engine *engine;   // created at the first start(), lives for the process (a static)
+// Created at the first use, lives for the process (never destroyed, like the
+// autograd engine); C++ makes the initialisation thread-safe.
+Engine &the_engine()
+{
+    static Engine *e = new Engine;
+    return *e;
+}
 
 PyObject *py_start(PyObject *, PyObject *arg)
 {
@@ -154,20 +160,19 @@ PyObject *py_start(PyObject *, PyObject *arg)
     if (n < 0 && PyErr_Occurred()) {
         return nullptr;
     }
-    if (engine == nullptr) {
-        engine = new Engine;
-    }
+    Engine *engine = &the_engine();
     for (long i = 0; i < n; i++) {
 #ifdef RW_NAIVE
-        std::thread t([] { engine->device_thread(); });
+        std::thread t([engine] { engine->device_thread(); });
         t.detach();                    // the engine's threads are never joined
 #else
         exitguard::thread t = exitguard::thread::start(
-            "device", [] { engine->device_thread(); }, [] { engine->request_stop(); });
+            "device", [engine] { engine->device_thread(); }, [engine] { engine->request_stop(); });
         if (!t) {
             return PyErr_Format(PyExc_RuntimeError, "cannot start a device thread: %s",
                                 eg_strerror(t.error()));
         }
+        std::lock_guard<std::mutex> g(engine->lock);
         engine->threads.push_back(std::move(t));
 #endif
     }
@@ -176,9 +181,7 @@ PyObject *py_start(PyObject *, PyObject *arg)
 
 PyObject *py_submit(PyObject *, PyObject *hook)
 {
-    if (engine == nullptr) {
-        return PyErr_Format(PyExc_RuntimeError, "start() first");
-    }
+    Engine *engine = &the_engine();
     PyObject *payload = rw_token_new();
     if (payload == nullptr) {
         return nullptr;

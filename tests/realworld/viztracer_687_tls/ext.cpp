@@ -15,10 +15,11 @@
 // service's static pool, whose workers attach to run a Python callable and give
 // the result back.
 //
-// The port covers the tracer only, as the fix in the report does: its per-thread
-// metadata is an eg_ref, and the TLS destructor releases it with eg_ref_release --
-// no attach, safe after finalization (exitguard released the object in phase 2,
-// while the interpreter was whole).  The pool is the service's code, unchanged.
+// The port: the tracer's per-thread metadata is an eg_ref, and the TLS destructor
+// releases it with eg_ref_release -- no attach, safe after finalization (exitguard
+// released the object in phase 2, while the interpreter was whole); the pool's
+// tasks attach through eg_gil_ensure.  The pool itself stays a static joined in
+// exit(): that is the service's design, and it is now harmless.
 #include "rw.h"
 
 #include <pthread.h>
@@ -155,7 +156,18 @@ PyObject *py_run_in_pool(PyObject *, PyObject *fn)
         PyObject *result = nullptr;
     } b;
     service_pool().submit([&b, fn] {
+#ifdef RW_NAIVE
         PyGILState_STATE g = PyGILState_Ensure();   // the service hands results back
+#else
+        eg_gil g;
+        if (eg_gil_ensure(nullptr, &g) != 0) {
+            rw_bump(RW_REFUSED);
+            std::lock_guard<std::mutex> l(b.lock);
+            b.ready = true;                         // result stays NULL: a failure
+            b.done.notify_all();
+            return;
+        }
+#endif
         if (trace_thread() < 0) {
             PyErr_Clear();
         }
@@ -164,7 +176,11 @@ PyObject *py_run_in_pool(PyObject *, PyObject *fn)
         if (b.result == nullptr) {
             PyErr_Clear();
         }
+#ifdef RW_NAIVE
         PyGILState_Release(g);
+#else
+        eg_gil_release(&g);
+#endif
         std::lock_guard<std::mutex> l(b.lock);
         b.ready = true;
         b.done.notify_all();
@@ -191,13 +207,12 @@ int exec_module(PyObject *m)
     if (rw_exec(m) < 0) {
         return -1;
     }
-    static bool key_made = false;
-    if (!key_made) {
-        if (pthread_key_create(&thread_info_key, thread_destructor) != 0) {
-            PyErr_SetString(PyExc_OSError, "pthread_key_create failed");
-            return -1;
-        }
-        key_made = true;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    static int key_err;
+    pthread_once(&once, [] { key_err = pthread_key_create(&thread_info_key, thread_destructor); });
+    if (key_err != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_key_create failed");
+        return -1;
     }
     return trace_thread();              // the main thread is traced too
 }
