@@ -110,7 +110,8 @@ def render(results):
       "delivered and dropped and prints the counts from `exit()`, after every atexit handler "
       "and static destructor. Sources: `tests/realworld/<scenario>/`; harness: "
       "`tests/realworld/harness.py`.\n")
-    w("Outcome words: **crash** (killed by a signal), **fatal** (Fatal Python error), "
+    w("Outcome words: **crash** (killed by a signal), **fatal** (CPython's Fatal Python "
+      "error, or a debug build's failed assertion), "
       "**terminate** (C++ `std::terminate`), **hang** (no exit before the timeout), **error** "
       "(unexpected exit status, traceback, `Exception ignored`, PythonFinalizationError, "
       "\"Event loop is closed\"), **killed** (a native thread was force-unwound by "
@@ -151,10 +152,10 @@ def render(results):
     for s in scns:
         w('<a id="%s"></a>\n' % s.name)
         w("### %s\n" % s.name)
-        w("**Upstream:** [%s](%s) -- %s (%s)." % (s.upstream, s.url, s.title, s.project))
-        if s.also:
-            w(" Related: %s." % ", ".join(s.also))
-        w("\n**Class:** %s.\n" % scenario_table.CLASSES[s.klass])
+        related = " Related: %s." % ", ".join(s.also) if s.also else ""
+        w("**Upstream:** [%s](%s) -- %s (%s).%s\n" % (s.upstream, s.url, s.title, s.project,
+                                                      related))
+        w("**Class:** %s.\n" % scenario_table.CLASSES[s.klass])
         w("**Shape:** %s\n" % s.shape)
         w("**What the report says the naive build does:** %s\n" % s.naive)
         w("**The exitguard port:** %s\n" % s.port)

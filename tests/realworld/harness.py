@@ -11,8 +11,10 @@ killed as a group when it outlives its timeout.  Its outcome is one word:
 
     hang       still running at the timeout (killed with SIGKILL, group-wide)
     terminate  "terminate called" -- C++ std::terminate (a forced unwind met noexcept)
-    fatal      "Fatal Python error"
-    crash      killed by a signal (SIGSEGV, SIGABRT, ...)
+    fatal      CPython's "Fatal Python error: <function>: <reason>", or a debug
+               build's failed C assertion
+    crash      killed by a signal (SIGSEGV, SIGABRT, ...) -- also when faulthandler
+               reported it as "Fatal Python error: Segmentation fault"
     error      another exit status than expected, or a traceback / "Exception
                ignored" / PythonFinalizationError / "Event loop is closed" on stderr,
                or exitguard naming a thread it could not stop
@@ -60,6 +62,11 @@ ERROR_MARKERS = (                   # most specific first: the first found names
     "Exception ignored",
     "Traceback (most recent call last)",
 )
+
+
+# What faulthandler prints ("Fatal Python error: <this>") when a signal kills the process.
+FAULTHANDLER_SIGNALS = ("Segmentation fault", "Aborted", "Bus error", "Illegal instruction",
+                        "Floating-point exception", "Floating point exception")
 
 
 def module_name(scn, variant):
@@ -183,15 +190,21 @@ def _counters(stdout, stderr):
     return counters
 
 
-def classify(scn, variant, returncode, elapsed, stdout, stderr, timed_out):
+def classify(scn, variant, returncode, elapsed, stdout, stderr, timed_out, timeout=None):
     counters = _counters(stdout, stderr)
     if timed_out:
-        return "hang", "no exit within %.0f s" % elapsed, counters
+        return "hang", "no exit within %g s" % (timeout if timeout else elapsed), counters
     if "terminate called" in stderr:
         return "terminate", "std::terminate", counters
-    if "Fatal Python error" in stderr:
-        line = next(l for l in stderr.splitlines() if "Fatal Python error" in l)
-        return "fatal", line.strip()[:120], counters
+    # A debug build's C assertion (abort), or CPython's own Py_FatalError.  Not the
+    # "Fatal Python error: Segmentation fault" that faulthandler prints for a
+    # signal: that is a crash, named after its signal below.
+    for line in stderr.splitlines():
+        if "Assertion" in line and "failed" in line:
+            return "fatal", "assertion: " + line.strip()[:160], counters
+    for line in stderr.splitlines():
+        if "Fatal Python error" in line and not any(sig in line for sig in FAULTHANDLER_SIGNALS):
+            return "fatal", line.strip()[:160], counters
     if returncode is not None and returncode < 0:
         try:
             name = signal.Signals(-returncode).name
@@ -246,7 +259,8 @@ def run_once(scn, variant, build_dir, *, timeout=None):
     elapsed = time.monotonic() - t0
     out = out.decode("utf-8", "replace")
     err = err.decode("utf-8", "replace")
-    kind, detail, counters = classify(scn, variant, proc.returncode, elapsed, out, err, timed_out)
+    kind, detail, counters = classify(scn, variant, proc.returncode, elapsed, out, err, timed_out,
+                                      timeout)
     return Outcome(kind, detail, proc.returncode, elapsed, out, err, counters)
 
 

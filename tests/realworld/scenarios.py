@@ -85,7 +85,7 @@ def eg_only(check):
 
 class Scenario:
     def __init__(self, name, *, upstream, url, project, klass, title, source, shape, naive, port,
-                 also=(), checks=(), exit_code=0, time_bound=6.0, timeout=8.0, env=None,
+                 also=(), checks=(), exit_code=0, time_bound=4.0, timeout=8.0, env=None,
                  allowed_stderr=None, unfixable=None):
         assert klass in CLASSES, klass
         self.name = name

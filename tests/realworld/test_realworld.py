@@ -102,3 +102,31 @@ def test_exitguard_builds_were_clean_everywhere():
             if any(k != "clean" for k in outcomes):
                 bad.append("%s on %s: %s %s" % (name, label, outcomes, entry["exitguard"]["examples"]))
     assert not bad, "exitguard builds not clean in results/*.json:\n" + "\n".join(bad)
+
+
+def test_outcome_words():
+    """The harness names each failure as docs/realworld.md defines it."""
+    scn = scenarios.select("cpython_124619_gdbus")[0]
+    report = 'REALWORLD {"module": "m", "made": 2, "freed": 2, "calls": 1}\n'
+
+    def kind(returncode=0, stdout=report, stderr="", timed_out=False, variant="exitguard"):
+        return harness.classify(scn, variant, returncode, 0.1, stdout, stderr, timed_out, 8)[0]
+
+    assert kind() == "clean"
+    assert kind(timed_out=True, returncode=-9, stdout="") == "hang"
+    assert kind(-6, "", "terminate called without an active exception\n"
+                        "Fatal Python error: Aborted\n") == "terminate"
+    assert kind(-11, "", "Fatal Python error: Segmentation fault\n") == "crash"
+    assert kind(-6, "", "python: ../Python/pystate.c:1: f: Assertion `x' failed.\n"
+                        "Fatal Python error: Aborted\n") == "fatal"
+    assert kind(-6, "", "Fatal Python error: PyThreadState_Get: no current thread\n") == "fatal"
+    assert kind(1) == "error"
+    assert kind(stderr="Exception ignored in: <x>\nPythonFinalizationError: cannot join\n") == "error"
+    assert kind(stderr="RuntimeError: Event loop is closed\n") == "error"
+    assert kind(stdout="") == "error"                               # no report from exit()
+    assert kind(stdout=report.replace('"freed": 2', '"freed": 1')) == "leak"
+    # A decref exitguard dropped on purpose and counted is accounted for.
+    assert kind(stdout=report.replace('"freed": 2', '"freed": 1'),
+                stderr="exitguard: 1 deferred decref(s) arrived after phase 2 and were leaked\n") \
+        == "clean"
+    assert kind(stdout=report.replace('"calls": 1', '"calls": 0')) == "idle"
