@@ -112,12 +112,13 @@ def render(results):
       "`tests/realworld/harness.py`.\n")
     w("Outcome words: **crash** (killed by a signal), **fatal** (CPython's Fatal Python "
       "error, or a debug build's failed assertion), "
-      "**terminate** (C++ `std::terminate`), **hang** (no exit before the timeout), **error** "
+      "**terminate** (C++ `std::terminate`), **hang** (no exit before the timeout, and no "
+      "CPU being used), **error** "
       "(unexpected exit status, traceback, `Exception ignored`, PythonFinalizationError, "
       "\"Event loop is closed\"), **killed** (a native thread was force-unwound by "
       "`pthread_exit`), **stuck** (a native thread never ended), **leak** (objects native code "
       "held never freed, nor counted by exitguard), **lost** (messages neither delivered nor "
-      "counted), **clean**.\n")
+      "counted), **slow** (more CPU time than the scenario's bound), **clean**.\n")
     w("## Summary\n")
     for line in summary(results):
         w(line if line.startswith("  ") else line + "  ")
@@ -161,6 +162,8 @@ def render(results):
         w("**The exitguard port:** %s\n" % s.port)
         if s.unfixable:
             w("**Not fixable by exitguard:** %s\n" % s.unfixable)
+        if s.finding:
+            w("**Open exitguard finding:** %s\n" % s.finding)
         if results:
             w("| interpreter | naive | exitguard | first detail of each bad outcome |")
             w("|---|---|---|---|")

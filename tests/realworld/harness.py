@@ -9,7 +9,10 @@ Used by test_realworld.py (a few runs per scenario inside ``make test``) and by
 A run is one ``python run.py <module>`` in a new session (its own process group),
 killed as a group when it outlives its timeout.  Its outcome is one word:
 
-    hang       still running at the timeout (killed with SIGKILL, group-wide)
+    hang       still running at the timeout and using no CPU (a run that still
+               burns CPU -- a starved machine -- gets up to 3x the timeout); killed
+               with SIGKILL, group-wide; for the exitguard build, every thread's C
+               stack (gdb) is appended to its stderr first
     terminate  "terminate called" -- C++ std::terminate (a forced unwind met noexcept)
     fatal      CPython's "Fatal Python error: <function>: <reason>", or a debug
                build's failed C assertion
@@ -24,7 +27,9 @@ killed as a group when it outlives its timeout.  Its outcome is one word:
     lost       exited cleanly, but messages were neither delivered nor counted
     late       exited cleanly, but Python was touched after it must not be
     idle       the scenario never did its work: a broken reproducer, not a result
-    slow       clean, but took longer than the scenario's time bound
+    slow       clean, but used more CPU time than the scenario's time bound (CPU,
+               not wall time: a loaded machine makes runs late, not busy; a run that
+               is late and idle is a hang, above)
     clean      none of the above
 
 The counters come from the "REALWORLD {json}" line that rw.h prints from exit(),
@@ -223,9 +228,43 @@ def classify(scn, variant, returncode, elapsed, stdout, stderr, timed_out, timeo
         problem = check(counters, variant)
         if problem:
             return problem[0], problem[1], counters
-    if elapsed > scn.time_bound:
-        return "slow", "%.1f s > %.1f s" % (elapsed, scn.time_bound), counters
+    cpu = counters.get("cpu_ms", 0) / 1000.0
+    if cpu > scn.time_bound:
+        return "slow", "%.1f s of CPU > %.1f s" % (cpu, scn.time_bound), counters
     return "clean", "", counters
+
+
+def _cpu_seconds(pid):
+    """CPU time (user + system, all threads) the process has used, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_progress(pid, window=0.5):
+    """CPU seconds the process used during the next `window` seconds."""
+    a = _cpu_seconds(pid)
+    time.sleep(window)
+    b = _cpu_seconds(pid)
+    return 0.0 if a is None or b is None else b - a
+
+
+def _native_stacks(pid):
+    """Every thread's C stack of a hung process, when gdb is installed (else "")."""
+    import shutil
+
+    if shutil.which("gdb") is None:
+        return ""
+    try:
+        proc = subprocess.run(["gdb", "-q", "-batch", "-p", str(pid), "-ex", "thread apply all bt 16"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(("#", "Thread "))]
+    return "\n--- native stacks at the timeout (gdb) ---\n" + "\n".join(lines[:200]) + "\n"
 
 
 def run_once(scn, variant, build_dir, *, timeout=None):
@@ -246,19 +285,33 @@ def run_once(scn, variant, build_dir, *, timeout=None):
         env=env, cwd=scn.folder, start_new_session=True,
     )
     timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    stacks = ""
+    deadline, cap = t0 + timeout, t0 + 3 * timeout
+    while True:
+        try:
+            out, err = proc.communicate(timeout=max(0.05, deadline - time.monotonic()))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        # Still running at the deadline.  A hang (parked threads, a deadlock) burns
+        # no CPU; a run starved by a loaded machine does: give that one more time,
+        # up to 3x the timeout.
+        if time.monotonic() < cap and _cpu_progress(proc.pid) >= 0.1:
+            deadline = time.monotonic() + 1.0
+            continue
         timed_out = True
+        if variant == "exitguard":
+            stacks = _native_stacks(proc.pid)   # a finding: say where it hangs
         # A hung naive build may have children or parked threads: kill the group.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         out, err = proc.communicate()
+        break
     elapsed = time.monotonic() - t0
     out = out.decode("utf-8", "replace")
-    err = err.decode("utf-8", "replace")
+    err = err.decode("utf-8", "replace") + stacks
     kind, detail, counters = classify(scn, variant, proc.returncode, elapsed, out, err, timed_out,
                                       timeout)
     return Outcome(kind, detail, proc.returncode, elapsed, out, err, counters)

@@ -85,8 +85,8 @@ def eg_only(check):
 
 class Scenario:
     def __init__(self, name, *, upstream, url, project, klass, title, source, shape, naive, port,
-                 also=(), checks=(), exit_code=0, time_bound=4.0, timeout=8.0, env=None,
-                 allowed_stderr=None, unfixable=None):
+                 also=(), checks=(), exit_code=0, time_bound=3.0, timeout=8.0, env=None,
+                 allowed_stderr=None, unfixable=None, finding=None):
         assert klass in CLASSES, klass
         self.name = name
         self.upstream = upstream
@@ -106,7 +106,8 @@ class Scenario:
         self.timeout = timeout
         self.env = dict(env or {})
         self.allowed_stderr = dict(allowed_stderr or {})
-        self.unfixable = unfixable
+        self.unfixable = unfixable      # a shape exitguard cannot fix, and why
+        self.finding = finding          # an open exitguard bug this scenario exposes
 
 
 SCENARIOS = [
@@ -160,8 +161,8 @@ SCENARIOS = [
               "script exits while the threads are mid-task.",
         naive="The re-acquire in the destructor meets finalization: pthread_exit's forced "
               "unwind leaves a noexcept destructor -- \"terminate called without an active "
-              "exception\", SIGABRT (3.9-3.13.7); parked threads and leaked tasks since "
-              "3.13.8.",
+              "exception\", SIGABRT (3.9-3.13.7; since 3.13.8 CPython parks the thread "
+              "instead, gh-87135).",
         port="exitguard::thread (stopped and joined in phase 1), exitguard::gil only "
              "around the Python call, refusal is a value; tasks hold exitguard::ref.",
         also=("pytorch/pytorch#38230", "pybind/pybind11#2215"),
@@ -200,8 +201,9 @@ SCENARIOS = [
               "for metadata for every call, and the core's shutdown -- a Py_AtExit hook, "
               "as grpc registers grpc_shutdown -- destroys the credentials on the "
               "executor, whose destroy callback takes the GIL to drop the plugin.",
-        naive="The destroy callback attaches after the interpreter is freed: SIGSEGV "
-              "(3.9-3.13); 3.14 parks it and the blocking core shutdown hangs.",
+        naive="The destroy callback takes the GIL while the interpreter is being torn down "
+              "(\"may race between GIL destruction during process shutdown\"): a crash at "
+              "exit, or a deadlock when the callback blocks (PR #37762's first try).",
         port="The fix as exitguard provides it: the plugin is an eg_ref (its release never "
              "attaches), the metadata callback attaches through eg_gil_ensure and fails the "
              "call on -ESHUTDOWN.",
@@ -220,8 +222,9 @@ SCENARIOS = [
               "process-lifetime C++ thread pool (a static) after the call returns; the "
               "pool's destructor runs in exit() and joins its workers, and the worker "
               "that drops the file attaches to do it.",
-        naive="3.14 (3.13.8+): the worker is parked in PyGILState_Ensure and the static "
-              "destructor's join hangs forever; older versions crash in the late attach.",
+        naive="\"done, exiting...\" is printed, then the process hangs forever (SIGKILL "
+              "needed): the static destructor's join waits for a worker stuck in its late "
+              "attach (parked since 3.13.8/3.14; arrow#33975 saw the same attach crash).",
         port="The pool's workers are adopted (eg_thread_adopt): phase 1 stops and joins "
              "them before finalization; the file is an exitguard::ref, reads attach with "
              "exitguard::gil.",
@@ -245,6 +248,12 @@ SCENARIOS = [
              "stopped, or never could run); no atexit cleanup of its own.",
         also=("apache/arrow PR #38637", "pandas-dev/pandas#55866"),
         checks=(freed_all,),
+        finding="exitguard itself is first imported inside atexit here: threading._register_atexit "
+                "refuses the phase-1 hook and atexit never runs a callback registered while it "
+                "runs, so neither phase runs (exitguard.state() is still 'running' at exit). "
+                "The static exitguard::ref's release in exit() then queues the decref and calls "
+                "Py_AddPendingCall on the freed interpreter: SIGSEGV in _PyEval_AddPendingCall"
+                "(interp=NULL) on 3.9-3.12; on 3.13+ the objects leak without being counted.",
     ),
     Scenario(
         "viztracer_687_tls",
@@ -326,6 +335,12 @@ SCENARIOS = [
              "waits for its threads.",
         also=("grpc/grpc PR #17621", "grpc/grpc#4969", "grpc/grpc#5084"),
         checks=(did_calls,),
+        finding="concurrent.futures joins its workers from its own threading._register_atexit "
+                "callback (_python_exit, bpo-39812); those callbacks run newest first, and "
+                "concurrent.futures.thread is imported lazily -- at the first ThreadPoolExecutor, "
+                "after the extension imported exitguard -- so _python_exit runs before "
+                "exitguard's phase 1 and waits for a worker only a stopper can release. With "
+                "concurrent.futures.thread imported before exitguard the same build is clean.",
     ),
     Scenario(
         "spead2_logging",

@@ -130,3 +130,4 @@ def test_outcome_words():
                 stderr="exitguard: 1 deferred decref(s) arrived after phase 2 and were leaked\n") \
         == "clean"
     assert kind(stdout=report.replace('"calls": 1', '"calls": 0')) == "idle"
+    assert kind(stdout=report.replace('"calls": 1', '"calls": 1, "cpu_ms": 9000')) == "slow"
