@@ -378,10 +378,16 @@ def main(argv=None):
     scns = scenario_table.select(args.only)
     build(scns, args.build, jobs=args.jobs)
 
+    told = set()
+
     def progress(scn, variant, o):
         print("%-40s %-9s %-9s %6.2fs %s" % (scn.name, variant, o.kind, o.elapsed, o.detail),
               file=sys.stderr, flush=True)
-        if args.verbose and o.kind != "clean":
+        # Every bad outcome in full with -v; without it, the first of each kind for
+        # an exitguard build (a finding: its output and stacks are the evidence).
+        first = variant == "exitguard" and (scn.name, o.kind) not in told
+        if o.kind != "clean" and (args.verbose or first):
+            told.add((scn.name, o.kind))
             print(textwrap.indent(o.describe(), "    | "), file=sys.stderr, flush=True)
 
     t0 = time.monotonic()

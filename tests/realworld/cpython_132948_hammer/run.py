@@ -5,6 +5,7 @@ final garbage collection takes a while, so the thread's next attach lands inside
 finalization instead of after it."""
 import importlib
 import sys
+import time
 
 mod = importlib.import_module(sys.argv[1])
 
@@ -20,4 +21,4 @@ def make_cycle(depth):
 
 bomb = make_cycle(300_000)
 while mod.counters()["calls"] < 100:    # the thread is running and attaching
-    pass
+    time.sleep(0.001)               # poll, GIL released
