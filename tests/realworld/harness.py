@@ -29,7 +29,7 @@ killed as a group when it outlives its timeout.  Its outcome is one word:
     idle       the scenario never did its work: a broken reproducer, not a result
     slow       clean, but used more CPU time than the scenario's time bound (CPU,
                not wall time: a loaded machine makes runs late, not busy; a run that
-               is late and idle is a hang, above)
+               is late and idle is a hang, above) -- or still busy at 3x the timeout
     clean      none of the above
 
 The counters come from the "REALWORLD {json}" line that rw.h prints from exit(),
@@ -197,6 +197,8 @@ def _counters(stdout, stderr):
 
 def classify(scn, variant, returncode, elapsed, stdout, stderr, timed_out, timeout=None):
     counters = _counters(stdout, stderr)
+    if timed_out == "busy":
+        return "slow", "still using CPU after %g s (3x the timeout)" % (3 * (timeout or 0)), counters
     if timed_out:
         return "hang", "no exit within %g s" % (timeout if timeout else elapsed), counters
     if "terminate called" in stderr:
@@ -293,13 +295,21 @@ def run_once(scn, variant, build_dir, *, timeout=None):
             break
         except subprocess.TimeoutExpired:
             pass
+        # communicate() raises once its deadline has passed even when the child has
+        # already exited -- e.g. when this thread was starved past the deadline.
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            break
         # Still running at the deadline.  A hang (parked threads, a deadlock) burns
         # no CPU; a run starved by a loaded machine does: give that one more time,
         # up to 3x the timeout.
-        if time.monotonic() < cap and _cpu_progress(proc.pid) >= 0.1:
+        busy = _cpu_progress(proc.pid) >= 0.1
+        if busy and time.monotonic() < cap:
             deadline = time.monotonic() + 1.0
             continue
-        timed_out = True
+        if proc.poll() is not None:
+            continue                            # it ended while we were measuring
+        timed_out = "busy" if busy else "idle"
         if variant == "exitguard":
             stacks = _native_stacks(proc.pid)   # a finding: say where it hangs
         # A hung naive build may have children or parked threads: kill the group.

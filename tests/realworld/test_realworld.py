@@ -113,7 +113,8 @@ def test_outcome_words():
         return harness.classify(scn, variant, returncode, 0.1, stdout, stderr, timed_out, 8)[0]
 
     assert kind() == "clean"
-    assert kind(timed_out=True, returncode=-9, stdout="") == "hang"
+    assert kind(timed_out="idle", returncode=-9, stdout="") == "hang"
+    assert kind(timed_out="busy", returncode=-9, stdout="") == "slow"
     assert kind(-6, "", "terminate called without an active exception\n"
                         "Fatal Python error: Aborted\n") == "terminate"
     assert kind(-11, "", "Fatal Python error: Segmentation fault\n") == "crash"
