@@ -23,7 +23,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind check-packaging
+.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind check-packaging realworld realworld-one
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -47,7 +47,7 @@ TORTURE_SEED ?=
 
 test: install
 	$(MAKE) --no-print-directory -C tests/c run PYTHON=$(abspath $(VPY)) OUT=build/$(PYVER)
-	cd tests && ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. --basetemp=$(abspath $(VENV))/pytest-tmp $(PYTEST_ARGS)
+	cd tests && REALWORLD_BUILD=$(abspath $(VENV))/realworld ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. --basetemp=$(abspath $(VENV))/pytest-tmp $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory torture
 
 # Randomized shutdown scenarios, each in a fresh interpreter; prints its seed and,
@@ -97,9 +97,26 @@ bench-callgrind: install
 check-packaging:
 	$(PYTHON) tests/check_packaging.py --work build/packaging
 
+# The realworld scenarios (tests/realworld, issue 16).  make realworld: both
+# builds of every scenario, REALWORLD_RUNS (10) fresh processes each, on every
+# interpreter of make test-all's tiers, then docs/realworld.md is regenerated
+# (tests/realworld/run_all.py; REALWORLD_PYTHONS="..." picks interpreters).
+# make realworld-one: the same on $(PYTHON) alone; prints the summary as one
+# "REALWORLD-RESULTS {json}" line.  make test runs 3 exitguard runs per scenario.
+realworld:
+	@python3 tests/realworld/run_all.py
+
+REALWORLD_RUNS ?= 10
+REALWORLD_JOBS ?= 2
+REALWORLD_ONLY ?=
+realworld-one: install
+	$(VPY) tests/realworld/harness.py --build $(VENV)/realworld --runs $(REALWORLD_RUNS) \
+	    --jobs $(REALWORLD_JOBS) $(REALWORLD_ARGS) $(if $(REALWORLD_ONLY),--only $(REALWORLD_ONLY)) --json -
+
 demo: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker
 	$(VPY) examples/ticker/demo.py
+	@$(VPY) tests/realworld/gen_table.py --summary
 
 clean:
 	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/c/build bench/build
