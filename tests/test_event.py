@@ -77,6 +77,9 @@ def test_sigint_raises_keyboardinterrupt_quickly(run_py, native):
     res = run_py(
         """
         import json, os, signal, threading, time, exitguard, egtest
+        # As from a terminal, even when our runner was started with SIGINT ignored
+        # (a background job of a non-interactive shell is; CPython keeps it so).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sent = []
         def fire():
             sent.append(time.monotonic())
@@ -106,11 +109,18 @@ def test_sigint_to_a_process_in_a_native_wait(run_py, ext_dir):
     proc = subprocess.Popen(
         [sys.executable, "-c", "import egtest, sys; print('waiting', flush=True); egtest.event_wait(60.0)"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # SIGINT as from a terminal, even when our runner was started with it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    assert proc.stdout.readline() == "waiting\n"
-    time.sleep(0.1)       # into the wait (nothing to synchronise on across processes)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    try:
+        assert proc.stdout.readline() == "waiting\n"
+        time.sleep(0.1)       # into the wait (nothing to synchronise on across processes)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     assert proc.returncode in (1, -signal.SIGINT), err
     assert "KeyboardInterrupt" in err
     assert "Fatal Python error" not in err
