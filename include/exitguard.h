@@ -31,12 +31,14 @@
  *              state -- for the interpreter the call concerns;
  *   any thread any OS thread, attached or not, including threads Python
  *              never saw and threads running after Py_FinalizeEx();
- *   phase 1    exitguard's first stop phase, run from
- *              threading._register_atexit before non-daemon Python threads
- *              are joined: the exit stoppers run;
+ *   phase 1    exitguard's first stop phase, run from threading._shutdown()
+ *              before non-daemon Python threads are joined -- before every
+ *              threading._register_atexit callback too: the exit stoppers
+ *              run;
  *   phase 2    the second, run from atexit while the interpreter is still
- *              whole: queued decrefs are applied and every registered
- *              reference is released.
+ *              whole (or, when exitguard was first imported by an exit
+ *              handler, from its module's teardown): queued decrefs are
+ *              applied and every registered reference is released.
  * The stop phases and the states an interpreter passes through are drawn in
  * docs/design.md.  Functions returning int return 0 or a negative errno
  * (-EINVAL, -ENOMEM, -ESHUTDOWN, ...); eg_strerror() names it.

@@ -478,6 +478,8 @@ eg__interp *eg__interp_current(void);
 eg__interp *eg__interp_acquire(void);
 /* Attached, module free: one module fewer; the last marks it dead. */
 void eg__interp_release(eg__interp *in);
+/* Attached: the number of exitguard modules alive in `in`'s interpreter. */
+int eg__interp_modules(eg__interp *in);
 /* Does the calling thread's attached interpreter own `in`? */
 static inline int
 eg__attached_to(eg__interp *in)

@@ -285,6 +285,16 @@ eg__interps_first(void)
     return in;
 }
 
+/* Attached: how many exitguard modules of `in`'s interpreter are alive. */
+int
+eg__interp_modules(eg__interp *in)
+{
+    eg__mutex_lock(&eg__records_lock);
+    int n = in->nmodules;
+    eg__mutex_unlock(&eg__records_lock);
+    return n;
+}
+
 void
 eg__interp_release(eg__interp *in)
 {

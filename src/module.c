@@ -922,16 +922,23 @@ eg_py_phase1(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyObject *
-eg_py_phase2(PyObject *module, PyObject *Py_UNUSED(ignored))
+/* Phase 2 of `in`, attached to it: from the atexit hook, or from m_free
+ * after a late import. */
+static void
+eg__run_phase2(eg__interp *in)
 {
-    eg__interp *in = eg__get_state(module)->rec;
     if (in->is_main) {
         /* The process is going: no native thread may attach to any
          * interpreter from here (see eg__shut_other_gates). */
         eg__shut_other_gates(in, eg__join_timeout);
     }
     eg__phase2(in);
+}
+
+static PyObject *
+eg_py_phase2(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    eg__run_phase2(eg__get_state(module)->rec);
     Py_RETURN_NONE;
 }
 
@@ -1056,9 +1063,9 @@ const eg_capi eg__capi = {
 /* ---- Hooks ---------------------------------------------------------------------- */
 
 /* Register `fn` (a function of this module) with `modname.attr(fn)`.
- * With `tolerate_runtime_error`, a RuntimeError (threading refuses
- * registrations once it is shutting down) is swallowed: phase 2 then runs
- * phase 1 itself. */
+ * Returns 0, or -1 with an exception set.  With `tolerate_runtime_error`, a
+ * RuntimeError (threading refuses registrations once it is shutting down)
+ * is swallowed and 1 returned. */
 static int
 eg__hook(PyObject *module, const char *fname, const char *modname,
          const char *attr, int tolerate_runtime_error)
@@ -1073,11 +1080,51 @@ eg__hook(PyObject *module, const char *fname, const char *modname,
     else if (tolerate_runtime_error
              && PyErr_ExceptionMatches(PyExc_RuntimeError)) {
         PyErr_Clear();
-        rc = 0;
+        rc = 1;
     }
     Py_XDECREF(r);
     Py_XDECREF(mod);
     Py_XDECREF(fn);
+    return rc;
+}
+
+/* threading._shutdown, wrapped: phase 1 first, then the original.
+ * threading runs its _register_atexit callbacks newest first, so a hook
+ * registered there by a module imported after exitguard -- concurrent.futures
+ * imports lazily, at the first executor, and its _python_exit joins the
+ * workers -- would run before phase 1 and wait for a worker only a stopper
+ * can release (realworld/grpc_11804_atexit).  Wrapping the function CPython
+ * calls at exit (wait_for_thread_shutdown looks it up by name, 3.9-3.15)
+ * puts phase 1 before every one of them.  self: (module, original). */
+static PyObject *
+eg_py_shutdown_first(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *module = PyTuple_GET_ITEM(self, 0);
+    eg__phase1(eg__get_state(module)->rec);
+    return PyObject_CallNoArgs(PyTuple_GET_ITEM(self, 1));
+}
+
+static PyMethodDef eg__shutdown_first_def = {
+    "_shutdown", eg_py_shutdown_first, METH_NOARGS,
+    "threading._shutdown, with exitguard's phase 1 first."};
+
+/* Wrap threading._shutdown (above).  Returns 0, or -1 with an exception
+ * set.  The _register_atexit hook stays, for a program that replaces
+ * threading._shutdown after us; phase 1 runs once. */
+static int
+eg__hook_shutdown(PyObject *module)
+{
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *orig = threading
+        ? PyObject_GetAttrString(threading, "_shutdown") : NULL;
+    PyObject *self = orig ? PyTuple_Pack(2, module, orig) : NULL;
+    PyObject *fn = self ? PyCFunction_New(&eg__shutdown_first_def, self)
+                        : NULL;
+    int rc = fn ? PyObject_SetAttrString(threading, "_shutdown", fn) : -1;
+    Py_XDECREF(fn);
+    Py_XDECREF(self);
+    Py_XDECREF(orig);
+    Py_XDECREF(threading);
     return rc;
 }
 
@@ -1212,7 +1259,10 @@ eg_exec(PyObject *module)
     /* Phase 1 before non-daemon threads are joined; importing threading
      * also makes CPython call threading._shutdown() at exit at all.  Phase
      * 2 from atexit.  Both idempotent. */
-    if (eg__hook(module, "_phase1", "threading", "_register_atexit", 1) < 0
+    int refused = eg__hook(module, "_phase1", "threading",
+                           "_register_atexit", 1);
+    if (refused < 0
+        || (!refused && eg__hook_shutdown(module) < 0)
         || eg__hook(module, "_phase2", "atexit", "register", 0) < 0
         || eg__hook_fork(module) < 0) {
         return -1;
@@ -1251,6 +1301,16 @@ eg_free(void *module)
 {
     eg__modstate *st = (eg__modstate *)PyModule_GetState((PyObject *)module);
     (void)eg_clear((PyObject *)module);
+    /* The last module of its interpreter is freed in the interpreter's
+     * teardown.  If phase 2 has not run by then -- exitguard was first
+     * imported by an exit handler, and atexit never runs a callback
+     * registered while it runs its callbacks (realworld/
+     * arrow_38626_import_at_exit) -- this is the last moment the
+     * interpreter is whole enough to release what native code holds. */
+    if (st != NULL && st->rec != NULL && eg__interp_modules(st->rec) == 1
+            && atomic_load(&st->rec->state) != EG_STOPPED) {
+        eg__run_phase2(st->rec);
+    }
     if (st != NULL && st->rec != NULL) {
         eg__interp_release(st->rec);
         st->rec = NULL;

@@ -4,15 +4,17 @@
  * Each interpreter that imports exitguard stops in two phases, hooked where
  * CPython still guarantees a whole interpreter (cpython.md sections 2 and 5):
  *
- *   phase 1  threading._register_atexit callback: runs in
- *            threading._shutdown() BEFORE non-daemon Python threads are
- *            joined, so a Python thread waiting for native work can be
- *            released by a stopper.  (bpo-39812, 3.9+.)
+ *   phase 1  threading._shutdown(), wrapped (module.c): runs BEFORE
+ *            non-daemon Python threads are joined and before every
+ *            threading._register_atexit callback, so a Python thread
+ *            waiting for native work can be released by a stopper.  A
+ *            _register_atexit callback (bpo-39812, 3.9+) is the fallback.
  *   phase 2  atexit callback: runs after that join and after the pending
  *            calls were flushed, while Py_IsFinalizing() is still false and,
  *            for a subinterpreter, before Py_EndInterpreter's "not the last
  *            thread" check.  Applies the queue and releases every
- *            registered reference.
+ *            registered reference.  Imported by an exit handler, exitguard
+ *            misses atexit: the free of its last module runs phase 2.
  *
  * The state machine (eg__interp.state), every transition idempotent:
  *

@@ -57,3 +57,29 @@ def test_raw_threads_without_stopper_still_exit_cleanly(run_py):
     # final report ran) account for all of them.
     assert d["freed"] + s["decref_dropped"] <= 200000
     assert d["freed"] == s["decref_applied"]
+
+
+def test_first_import_from_an_exit_handler_still_releases(run_py):
+    """exitguard first imported by an exit handler (apache/arrow#38626's shape): atexit
+    never runs a hook registered while it runs its hooks, so no phase ran at exit.  The
+    teardown of exitguard's module runs phase 2 then: what native code holds is
+    released while the interpreter exists, the static holder's own release after
+    Py_Finalize frees memory only, and nothing is reported leaked."""
+    res = run_py(
+        """
+        import atexit, os
+        def late():
+            import egtest, exitguard
+            class T:
+                def __del__(self, write=os.write):
+                    write(1, b"held object freed\\n")
+            egtest.hold_until_destructor(T())    # released by a C destructor in exit()
+            print("imported late:", exitguard.state(), flush=True)
+        atexit.register(late)
+        """,
+        timeout=30,
+    )
+    assert_clean(res)
+    assert "imported late: running" in res.stdout, res.describe()
+    assert res.stdout.count("held object freed") == 1, res.describe()
+    assert "never applied" not in res.stderr and "leak" not in res.stderr, res.describe()

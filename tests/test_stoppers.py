@@ -175,6 +175,40 @@ def test_stopper_releases_waiting_nondaemon_thread(run_py):
     assert res.elapsed < 20
 
 
+def test_stopper_runs_before_an_executor_imported_later_joins_its_workers(run_py):
+    """concurrent.futures joins its workers from a threading._register_atexit hook of
+    its own, registered when the first executor is made -- after exitguard's -- and
+    such hooks run newest first.  The stopper that releases a blocked worker must
+    still run before that join (realworld/grpc_11804_atexit: the exit hung)."""
+    res = run_py(
+        """
+        import scenario, threading, sys
+        import exitguard
+        assert "concurrent.futures.thread" not in sys.modules
+        from concurrent.futures import ThreadPoolExecutor
+        stop = threading.Event()
+        started = threading.Event()
+        order = []
+        def work():
+            started.set()
+            stop.wait()                      # only the stopper ends this
+            order.append("worker released")
+        def stopper():
+            order.append("stopper")
+            stop.set()
+        exitguard.exit_stopper(stopper)
+        pool = ThreadPoolExecutor(max_workers=1)  # imports concurrent.futures.thread now
+        pool.submit(work)
+        started.wait()
+        scenario.at_exit(lambda: {"order": order})
+        """,
+        timeout=30,
+    )
+    assert_clean(res)
+    assert res.data["order"] == ["stopper", "worker released"], res.describe()
+    assert res.elapsed < 20
+
+
 def test_stopper_callback_runs_once_even_if_phases_called_again(run_py):
     res = run_py(
         """

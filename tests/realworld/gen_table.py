@@ -164,6 +164,8 @@ def render(results):
             w("**Not fixable by exitguard:** %s\n" % s.unfixable)
         if s.finding:
             w("**Open exitguard finding:** %s\n" % s.finding)
+        if s.fixed:
+            w("**Found in exitguard by this scenario, and fixed:** %s\n" % s.fixed)
         if results:
             w("| interpreter | naive | exitguard | first detail of each bad outcome |")
             w("|---|---|---|---|")

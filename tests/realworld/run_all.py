@@ -9,6 +9,7 @@ tests/realworld/results/<interpreter>.json; then docs/realworld.md is regenerate
 
     REALWORLD_RUNS=10       runs per scenario and build (default 10)
     REALWORLD_PYTHONS="..." these interpreters instead of the tiers (host paths)
+    REALWORLD_ONLY="a b"    only these scenarios; their entries replace the old ones
     EG_TIERS="pyenv source sid"
 
 A tier that cannot be set up here is reported and skipped; its old results file,
@@ -95,6 +96,13 @@ def run_one(label, prefix, python, runs):
     result["seconds"] = round(time.monotonic() - t0, 1)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, result["interpreter"] + ".json")
+    if os.environ.get("REALWORLD_ONLY") and os.path.exists(path):
+        # Some scenarios re-run: their entries replace the old ones, the rest stay.
+        with open(path) as f:
+            old = json.load(f)
+        old["scenarios"].update(result["scenarios"])
+        old["date"] = result["date"]
+        result = old
     with open(path, "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write("\n")

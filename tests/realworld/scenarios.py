@@ -86,7 +86,7 @@ def eg_only(check):
 class Scenario:
     def __init__(self, name, *, upstream, url, project, klass, title, source, shape, naive, port,
                  also=(), checks=(), exit_code=0, time_bound=3.0, timeout=8.0, env=None,
-                 allowed_stderr=None, unfixable=None, finding=None):
+                 allowed_stderr=None, unfixable=None, finding=None, fixed=None):
         assert klass in CLASSES, klass
         self.name = name
         self.upstream = upstream
@@ -108,6 +108,7 @@ class Scenario:
         self.allowed_stderr = dict(allowed_stderr or {})
         self.unfixable = unfixable      # a shape exitguard cannot fix, and why
         self.finding = finding          # an open exitguard bug this scenario exposes
+        self.fixed = fixed              # an exitguard bug it exposed, and the fix
 
 
 SCENARIOS = [
@@ -248,12 +249,13 @@ SCENARIOS = [
              "stopped, or never could run); no atexit cleanup of its own.",
         also=("apache/arrow PR #38637", "pandas-dev/pandas#55866"),
         checks=(freed_all,),
-        finding="exitguard itself is first imported inside atexit here: threading._register_atexit "
-                "refuses the phase-1 hook and atexit never runs a callback registered while it "
-                "runs, so neither phase runs (exitguard.state() is still 'running' at exit). "
-                "The static exitguard::ref's release in exit() then queues the decref and calls "
-                "Py_AddPendingCall on the freed interpreter: SIGSEGV in _PyEval_AddPendingCall"
-                "(interp=NULL) on 3.9-3.12; on 3.13+ the objects leak without being counted.",
+        fixed="exitguard itself is first imported inside atexit here, and atexit never runs "
+              "a callback registered while it runs its callbacks, so neither phase ran: the "
+              "static exitguard::ref's release in exit() queued its decref and called "
+              "Py_AddPendingCall on the freed interpreter (SIGSEGV on 3.9-3.12; a silent leak "
+              "on 3.13+).  Now the last exitguard module of an interpreter runs phase 2 from "
+              "its m_free, in the interpreter's teardown, when no hook did; and no decref "
+              "goes through Py_AddPendingCall any more (the kicker).",
     ),
     Scenario(
         "viztracer_687_tls",
@@ -335,12 +337,13 @@ SCENARIOS = [
              "waits for its threads.",
         also=("grpc/grpc PR #17621", "grpc/grpc#4969", "grpc/grpc#5084"),
         checks=(did_calls,),
-        finding="concurrent.futures joins its workers from its own threading._register_atexit "
-                "callback (_python_exit, bpo-39812); those callbacks run newest first, and "
-                "concurrent.futures.thread is imported lazily -- at the first ThreadPoolExecutor, "
-                "after the extension imported exitguard -- so _python_exit runs before "
-                "exitguard's phase 1 and waits for a worker only a stopper can release. With "
-                "concurrent.futures.thread imported before exitguard the same build is clean.",
+        fixed="concurrent.futures joins its workers from its own threading._register_atexit "
+              "callback (_python_exit, bpo-39812); those callbacks run newest first, and "
+              "concurrent.futures.thread is imported lazily, at the first ThreadPoolExecutor -- "
+              "after the extension imported exitguard -- so _python_exit ran before "
+              "exitguard's phase 1 and waited for a worker only a stopper can release: the exit "
+              "hung.  Now exitguard wraps threading._shutdown, so its phase 1 runs before every "
+              "_register_atexit callback whatever the import order.",
     ),
     Scenario(
         "spead2_logging",
