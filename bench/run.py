@@ -1,376 +1,525 @@
-"""exitguard benchmarks: each figure beside its baseline, measured in the same run.
+"""exitguard's benchmarks: every figure beside its baselines, measured in the same run.
 
-    python bench/run.py [--quick] [--only 1,3]     (make bench)
+    python bench/run.py [--quick] [--only 1,3,mem] [--no-write]      (make bench)
 
-Writes bench/results/<python-version>.json, bench/results/<python-version>.png and the
-table in docs/performance.md.  Each figure is the median of at least 5 repetitions in
-ns/op, with its ratio to the same-run baseline and PASS/MISS against the target (a MISS
-is information, never a failure).  The process pins itself to one core where a
-benchmark is single-threaded.
+Builds bench/_egbench.c (bench/setup.py) into bench/build/<python-version>/, runs the
+benchmarks of issue 5 and writes bench/results/<python-version>.json, the chart
+bench/results/<python-version>.png and this interpreter's table in docs/performance.md
+(bench/report.py).  Each figure is the median of REPS (>= 5) repetitions, in ns/op
+unless its unit says otherwise, printed with its ratio to the baseline measured in
+the same run and PASS/MISS against the issue's target.  A MISS is information: the
+exit status is 0 whatever the figures are.
+
+Noise: the single-threaded benchmarks pin the calling thread -- and so the native
+threads it starts, which inherit the mask -- to one core (os.sched_setaffinity);
+the load average before and after the run goes into the JSON.  bench/callgrind.py
+gives instruction counts for benchmarks 1 and 3, which do not move with load.
 """
 
 import argparse
-import json
+import contextlib
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import sysconfig
-import textwrap
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VER = platform.python_version() + ("t" if sysconfig.get_config_var("Py_GIL_DISABLED") else "")
 BUILD = os.path.join(HERE, "build", VER)
-REPS = 5
-M_EG, M_POOL, M_GS_KEPT, M_GS_NEW = range(4)
+REPS = 7
 
 
 def build():
-    import exitguard
-
-    os.makedirs(BUILD, exist_ok=True)
-    flags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"]
-    setup = textwrap.dedent(
-        """
-        from setuptools import setup, Extension
-        setup(name="egbench", ext_modules=[
-            Extension("_egbench", [%r], include_dirs=[%r], extra_compile_args=%r, extra_link_args=["-pthread"]),
-            Extension("ticker", [%r], include_dirs=[%r], extra_compile_args=%r, extra_link_args=["-pthread"])])
-        """
-        % (os.path.join(HERE, "_egbench.c"), exitguard.get_include(), flags,
-           os.path.join(ROOT, "examples", "ticker", "ticker.c"), exitguard.get_include(), flags)
-    )
-    path = os.path.join(BUILD, "setup_bench.py")
-    with open(path, "w") as f:
-        f.write(setup)
-    subprocess.run([sys.executable, path, "-q", "build_ext", "-b", BUILD, "-t", os.path.join(BUILD, "tmp")],
-                   check=True, cwd=BUILD)
-    sys.path.insert(0, BUILD)
+    """Build _egbench against the installed exitguard's header and make it importable."""
+    cmd = [sys.executable, os.path.join(HERE, "setup.py"), "-q", "build_ext",
+           "--build-lib", BUILD, "--build-temp", os.path.join(BUILD, "tmp")]
+    # cwd=bench/: setuptools must not read the project's own pyproject.toml.
+    p = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+        raise SystemExit("bench: building _egbench failed")
+    if BUILD not in sys.path:
+        sys.path.insert(0, BUILD)
 
 
-def median(fn, reps=REPS):
-    vals = [fn() for _ in range(reps)]
-    return statistics.median(vals)
+# ---- measurement helpers -----------------------------------------------------------
+
+def median_of(fn, reps=REPS):
+    """Median and samples of reps calls of fn() (each returns a number)."""
+    samples = [fn() for _ in range(reps)]
+    return statistics.median(samples), samples
 
 
-def pin(cpus):
-    if hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
+def median_pairs(fn, reps=REPS):
+    """fn() returns a tuple; the median of each position, and the samples."""
+    samples = [fn() for _ in range(reps)]
+    return [statistics.median(s[i] for s in samples) for i in range(len(samples[0]))], samples
 
 
-ALL_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def rss_kb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+@contextlib.contextmanager
+def pinned(ncpus):
+    """Pin the calling thread (and the threads it starts) to ncpus cores, the last
+    ones first: CPU 0 takes most interrupts.  A no-op where affinity is unsupported."""
+    if not CPUS or ncpus >= len(CPUS):
+        yield
+        return
+    os.sched_setaffinity(0, CPUS[-ncpus:])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, CPUS)
 
 
 class Results:
+    """The rows of one run.  A row: bench number, label, the exitguard value and its unit,
+    baselines [(name, value)] in the same unit (the first is the one the ratio uses),
+    targets [(text, ok)], and the repetitions' samples."""
+
     def __init__(self):
         self.rows = []
 
-    def add(self, num, name, value, unit, baseline_name=None, baseline=None, target=None, ok=None):
-        ratio = (baseline / value) if (baseline and value) else None
-        row = dict(num=num, name=name, value=value, unit=unit, baseline_name=baseline_name,
-                   baseline=baseline, ratio=ratio, target=target,
-                   verdict=None if ok is None else ("PASS" if ok else "MISS"))
+    def add(self, bench, label, value, unit, baselines=(), targets=(), samples=None, note=None,
+            delta=False, ratio=True, higher_is_better=False, censored=False):
+        base = [(name, v) for name, v in baselines if v is not None]
+        if not (ratio and base and value and base[0][1]):
+            ratio = None
+        else:
+            # > 1 always means exitguard is better (faster, or more per second).
+            ratio = value / base[0][1] if higher_is_better else base[0][1] / value
+        row = dict(bench=str(bench), label=label, value=value, unit=unit,
+                   baselines=[dict(name=n, value=v) for n, v in base], ratio=ratio,
+                   delta=(value - base[0][1]) if (delta and base) else None,
+                   targets=[dict(text=t, verdict="PASS" if ok else "MISS") for t, ok in targets],
+                   samples=samples, note=note, censored=censored)
         self.rows.append(row)
-        base = "" if baseline is None else "  vs %s %.1f %s (%.1fx)" % (baseline_name, baseline, unit, ratio or 0)
-        verdict = "" if ok is None else "  [%s: %s]" % (row["verdict"], target)
-        print("  #%s %-46s %10.1f %s%s%s" % (num, name, value, unit, base, verdict), flush=True)
+        print("  " + format_row(row), flush=True)
+        return row
 
 
-def bench_enqueue(R, quick):
+def fmt_value(v, unit, censored=False):
+    """A value with its unit; censored: the measurement stopped waiting at v."""
+    if v is None:
+        return "-"
+    if censored:
+        return "> " + fmt_value(v, unit)
+    if unit == "%":
+        return "%.0f%%" % v
+    if unit in ("bytes", "writes", "msgs", "completions/s", "decrefs"):
+        return "%s %s" % (("{:,.0f}" if abs(v) >= 100 or float(v).is_integer() else "{:,.1f}").format(v), unit)
+    if abs(v) >= 100:
+        return "%.0f %s" % (v, unit)
+    if abs(v) >= 10:
+        return "%.1f %s" % (v, unit)
+    return "%.2f %s" % (v, unit)
+
+
+def fmt_ratio(row):
+    r = row["ratio"]
+    if r is None:
+        return ""
+    name = row["baselines"][0]["name"]
+    if row["delta"] is not None:
+        return "%+.2f %s vs %s" % (row["delta"], row["unit"], name)
+    if r >= 1:
+        return "%.1fx faster than %s" % (r, name) if r < 10 else "%.0fx faster than %s" % (r, name)
+    return "%.2fx slower than %s" % (1 / r, name)
+
+
+def format_row(row):
+    base = " | ".join("%s %s" % (b["name"], fmt_value(b["value"], row["unit"])) for b in row["baselines"])
+    tgt = "; ".join("%s: %s" % (t["text"], t["verdict"]) for t in row["targets"])
+    parts = ["#%-3s %-52s %14s" % (row["bench"], row["label"],
+                                   fmt_value(row["value"], row["unit"], row.get("censored")))]
+    if base:
+        parts.append("[%s]" % base)
+    if row["ratio"] is not None:
+        parts.append(fmt_ratio(row))
+    if tgt:
+        parts.append("-> " + tgt)
+    if row.get("note"):
+        parts.append("\n         (%s)" % row["note"])
+    return "  ".join(parts)
+
+
+# ---- the benchmarks ------------------------------------------------------------------
+
+def bench_1(R, quick):
+    """Deferred-decref enqueue from 1, 2, 4 native threads (ns/op per thread)."""
     import _egbench as B
     n = 200_000 if quick else 1_000_000
-    print("1. deferred-decref enqueue from native threads (ns/op per thread)")
+    print("1. deferred decref: enqueue from native threads, ns/op per thread "
+          "(the main thread holds the GIL: no drain during the loop)")
     for threads in (1, 2, 4):
-        pin(ALL_CPUS[:1] if threads == 1 else ALL_CPUS)
-        eg = median(lambda: B.enqueue(M_EG, threads, n))
-        pool = median(lambda: B.enqueue(M_POOL, threads, n))
-        kept = median(lambda: B.enqueue(M_GS_KEPT, threads, max(n // 20, 1000)))
-        new = median(lambda: B.enqueue(M_GS_NEW, threads, max(n // 100, 500)))
-        target = {1: ("<= 8 ns/op", eg <= 8), 2: ("<= 15 ns/op per thread, >= 4x pool", eg <= 15 and pool / eg >= 4),
-                  4: (None, None)}[threads]
-        R.add(1, "eg_decref, %d thread(s)" % threads, eg, "ns", "mutex+vector pool", pool, *target)
-        R.add(1, "  vs PyGILState+DECREF, kept tstate, %d thr" % threads, kept, "ns")
-        R.add(1, "  vs PyGILState+DECREF, new tstate, %d thr" % threads, new, "ns")
-    pin(ALL_CPUS)
+        with pinned(1 if threads == 1 else len(CPUS)):
+            eg, eg_s = median_of(lambda: B.enqueue(B.M_EG, threads, n)[0])
+            pool, _ = median_of(lambda: B.enqueue(B.M_POOL, threads, n)[0])
+            kept, _ = median_of(lambda: B.enqueue(B.M_GS_KEPT, threads, max(n // 20, 2000))[0])
+            new, _ = median_of(lambda: B.enqueue(B.M_GS_NEW, threads, max(n // 200, 500))[0])
+        targets = {1: [("<= 8 ns/op", eg <= 8)],
+                   2: [("<= 15 ns/op per thread", eg <= 15), (">= 4x faster than (a)", pool / eg >= 4)],
+                   4: []}[threads]
+        R.add(1, "eg_decref, %d thread%s" % (threads, "s" if threads > 1 else ""), eg, "ns",
+              [("(a) mutex+vector pool", pool), ("(b) PyGILState kept tstate", kept),
+               ("(c) PyGILState new tstate", new)], targets, eg_s)
+    if sys.version_info < (3, 12):
+        # 3.9-3.11 only: eg_decref asks "am I attached?" by comparing the GIL holder
+        # with this thread's gilstate state, a TSS lookup that is skipped when no
+        # thread holds the GIL (eg_compat.h).
+        with pinned(1):
+            idle, idle_s = median_of(lambda: B.enqueue(B.M_EG, 1, n, True)[0])
+        R.add(1, "eg_decref, 1 thread, GIL idle (3.9-3.11 fast path)", idle, "ns", samples=idle_s,
+              note="no thread holds the GIL, so the attached test skips its TSS lookup")
 
 
-def bench_producer_while_python(R, quick):
+def bench_2(R, quick):
+    """A native producer while the main thread runs bytecode; idle-producer latency."""
     import _egbench as B
+    import threading
     import weakref
-    print("2. native producer throughput while the main thread runs bytecode; idle-producer latency")
-    n = 200_000 if quick else 1_000_000
+    import exitguard
+    print("2. native producer while the main thread runs Python bytecode (ns/op in the producer); "
+          "latency of a decref queued by an idle producer (ms)")
+    window = 0.2 if quick else 0.5
 
-    def run(mode, count):
-        # The producer's own clock (ns/op inside its loop) while the main thread
-        # spins in bytecode the whole time.
-        out = {}
-        t = threading.Thread(target=lambda: out.setdefault("ns", B.enqueue(mode, 1, count)))
-        t.start()
+    def spin(seconds):
+        """Bytecode for `seconds`; returns loop iterations per second."""
         x = 0
-        while t.is_alive():
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        while time.perf_counter() < end:
             x += 1
-        t.join()
-        return out["ns"]
+        return x / (time.perf_counter() - t0)
 
-    eg = median(lambda: run(M_EG, n))
-    kept = median(lambda: run(M_GS_KEPT, max(n // 50, 1000)))
-    R.add(2, "eg_decref throughput under a busy main thread", eg, "ns/op", "PyGILState kept", kept,
-          ">= 1000x", kept / eg >= 1000)
+    def run(mode):
+        B.producer_start(mode)
+        rate = spin(window)
+        ops, ns, queued = B.producer_stop()
+        return ns, rate, queued, ops
 
-    class X:
+    spin(window)                               # warm-up (CPU frequency, caches)
+    # Interleaved, so that every variant sees the same machine state on average.
+    reps = [(spin(window), run(B.M_SPIN), run(B.M_EG), run(B.M_GS_KEPT)) for _ in range(REPS)]
+    idle_rate = statistics.median(r[0] for r in reps)
+    spin_rate = statistics.median(r[1][1] for r in reps)
+    eg_s, kept_s = [r[2] for r in reps], [r[3] for r in reps]
+    eg, eg_rate = (statistics.median(x[i] for x in eg_s) for i in (0, 1))
+    kept, kept_rate = (statistics.median(x[i] for x in kept_s) for i in (0, 1))
+    R.add(2, "eg_decref throughput, main thread busy in bytecode", eg, "ns",
+          [("(b) PyGILState kept tstate", kept)], [(">= 1000x faster than (b)", kept / eg >= 1000)],
+          [s[0] for s in eg_s],
+          note="%.1f s windows, the queue drained while decrefs arrive; (b)'s repetitions: %s ns"
+               % (window, ", ".join("%.0f" % s[0] for s in kept_s)))
+    queued = statistics.median(x[2] for x in eg_s)
+    ops = statistics.median(x[3] for x in eg_s)
+    R.add(2, "  decrefs still queued when the producer stopped", queued, "decrefs",
+          note="of %s dropped in the window: %.0f%% never applied while it ran (%s MB of queue)"
+               % ("{:,.0f}".format(ops), 100.0 * queued / ops, "{:,.0f}".format(queued * 8 / 1e6)))
+    R.add(2, "  main thread's bytecode speed meanwhile, % of idle", 100.0 * eg_rate / idle_rate, "%",
+          [("(b) PyGILState kept tstate", 100.0 * kept_rate / idle_rate),
+           ("a native thread that only spins", 100.0 * spin_rate / idle_rate)], ratio=False,
+          note="the spinning thread is the control: what sharing the machine's cores costs by itself")
+
+    class Obj:
         pass
 
-    def latency():
-        o = X()
-        done = []
-        weakref.finalize(o, lambda: done.append(time.perf_counter()))
-        B.push_one(o)
+    def latency(busy):
+        exitguard.flush()                    # nothing queued: the push requests a drain
+        time.sleep(0.03)
+        o = Obj()
+        done = threading.Event()
+        stamp = []
+        weakref.finalize(o, lambda: (stamp.append(time.perf_counter()), done.set()))
         t0 = time.perf_counter()
-        del o
-        while not done and time.perf_counter() - t0 < 5:
-            sum(range(50))
-        return (done[0] - t0) * 1e3 if done else 5000.0
+        B.push_one(o)
+        del o                                # the queued decref is now the last reference
+        if busy:
+            while not stamp and time.perf_counter() - t0 < 2.0:
+                sum(range(50))
+        else:
+            done.wait(2.0)                   # blocked in a C call, GIL released
+        lat = (stamp[0] - t0) * 1e3 if stamp else 2000.0
+        exitguard.flush()
+        time.sleep(0.01)
+        return lat
 
-    lat = median(latency, 9)
-    R.add(2, "latency, idle producer -> decref applied", lat, "ms", target="<= 100 ms", ok=lat <= 100)
+    for busy, label in ((True, "main thread in bytecode"), (False, "main thread blocked")):
+        lat, lat_s = median_of(lambda: latency(busy), 7)
+        R.add(2, "idle producer's decref applied after, %s" % label, lat, "ms",
+              targets=[("<= 100 ms", lat <= 100)], samples=lat_s, censored=lat >= 2000,
+              note="not applied within the 2 s the benchmark waits" if lat >= 2000 else None)
 
 
-def bench_drain(R, quick):
+def bench_3(R, quick):
+    """Drain cost per object: eg_flush versus a bare Py_DECREF loop over the same objects."""
     import _egbench as B
-    pin(ALL_CPUS[:1])
     n = 200_000 if quick else 1_000_000
-    print("3. drain cost per object (ns)")
-    vals = [B.drain(n) for _ in range(REPS)]
-    eg = statistics.median(v[0] for v in vals)
-    bare = statistics.median(v[1] for v in vals)
-    R.add(3, "eg_flush per object", eg, "ns", "bare Py_DECREF loop", bare, "<= 5 ns above", eg - bare <= 5)
-    pin(ALL_CPUS)
+    print("3. drain: eg_flush per object vs a bare Py_DECREF loop over the same %d objects (ns)" % n)
+    with pinned(1):
+        for dealloc, label in ((False, "objects stay alive"), (True, "each decref frees its object")):
+            (eg, bare), samples = median_pairs(lambda: B.drain(n, dealloc))
+            R.add(3, "eg_flush per object, %s" % label, eg, "ns", [("bare Py_DECREF loop", bare)],
+                  [("<= 5 ns above", eg - bare <= 5)], [s[0] for s in samples], delta=True)
 
 
-def bench_ref_pair(R, quick):
+def bench_4(R, quick):
+    """eg_ref_new + eg_ref_release attached, versus Py_INCREF + Py_DECREF."""
     import _egbench as B
-    pin(ALL_CPUS[:1])
     n = 1_000_000 if quick else 5_000_000
     print("4. eg_ref_new + eg_ref_release, attached (ns per pair)")
-    vals = [B.ref_pair(n) for _ in range(REPS)]
-    eg = statistics.median(v[0] for v in vals)
-    base = statistics.median(v[1] for v in vals)
-    R.add(4, "eg_ref_new + eg_ref_release", eg, "ns", "Py_INCREF+Py_DECREF", base, "<= 20 ns", eg <= 20)
-    pin(ALL_CPUS)
+    with pinned(1):
+        (eg, base), samples = median_pairs(lambda: B.ref_pair(n))
+    R.add(4, "eg_ref_new + eg_ref_release", eg, "ns", [("Py_INCREF + Py_DECREF", base)],
+          [("<= 20 ns per pair", eg <= 20)], [s[0] for s in samples], delta=True)
 
 
-def bench_attach(R, quick):
+def bench_5(R, quick):
+    """eg_gil_ensure/release from a registered thread versus PyGILState pairs."""
     import _egbench as B
-    pin(ALL_CPUS[:1])
     n = 200_000 if quick else 1_000_000
-    print("5. attach + release from a registered native thread (ns per pair)")
-    eg = median(lambda: B.attach(0, n))
-    kept = median(lambda: B.attach(1, n))
-    new = median(lambda: B.attach(2, max(n // 20, 1000)))
-    R.add(5, "eg_gil_ensure + eg_gil_release", eg, "ns", "PyGILState kept tstate", kept,
-          "<= 1.1x kept", eg <= 1.1 * kept)
-    R.add(5, "  vs PyGILState with a new tstate each time", new, "ns", target=">= 4x faster", ok=new / eg >= 4)
-    pin(ALL_CPUS)
+    print("5. attach + detach from a native thread, uncontended (ns per pair)")
+    with pinned(1):
+        eg, eg_s = median_of(lambda: B.attach(B.M_EG, n))
+        kept, _ = median_of(lambda: B.attach(B.M_GS_KEPT, n))
+        new, _ = median_of(lambda: B.attach(B.M_GS_NEW, max(n // 20, 2000)))
+    R.add(5, "eg_gil_ensure + eg_gil_release, registered thread", eg, "ns",
+          [("(b) PyGILState kept tstate", kept), ("(c) PyGILState new tstate", new)],
+          [("<= 1.1x (b)", eg <= 1.1 * kept), (">= 4x faster than (c)", new / eg >= 4)], eg_s)
 
 
 EXIT_SCRIPT = r"""
 import sys, time
-EG = sys.argv[1] == "eg"
-if EG:
-    sys.path.insert(0, sys.argv[2])
-    import exitguard, _egbench, ticker
-    _egbench.hold_refs(1_000_000)
-    t = ticker.Ticker(64)
-    t.feed_many(object() for _ in range(10_000))
-print(repr(time.time()), flush=True)
+kind, build = sys.argv[1], sys.argv[2]
+objs = [object() for _ in range(1_000_000)]
+if kind != "plain":
+    sys.path.insert(0, build)
+    import _egbench                      # imports exitguard (eg_import)
+    if kind in ("refs", "full"):
+        _egbench.hold_refs(objs)         # 1,000,000 live eg_refs, left to phase 2
+    if kind == "full":
+        _egbench.start_workers(64)       # 64 registered native threads, stopped by phase 1
+        time.sleep(0.05)
+print(repr(time.monotonic()), flush=True)
 """
 
 
-def bench_exit(R, quick):
-    print("6. time from script end to process exit (ms)")
+def bench_6(R, quick):
+    """Time from the end of a script to the end of its process."""
+    print("6. time from script end to process exit (ms; subprocesses)")
+    env = dict(os.environ)
+    env.pop("EXITGUARD_LEAKS", None)
 
     def once(kind):
-        t0 = None
-        p = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, kind, BUILD], capture_output=True, text=True, timeout=120)
-        end = time.time()
-        t0 = float(p.stdout.strip().splitlines()[-1])
-        return (end - t0) * 1e3
+        p = subprocess.Popen([sys.executable, "-c", EXIT_SCRIPT, kind, BUILD], stdout=subprocess.PIPE,
+                             env=env, text=True)
+        out = p.stdout.read()                # EOF: the process has exited
+        p.wait()
+        end = time.monotonic()
+        if p.returncode != 0:
+            raise RuntimeError("exit benchmark (%s) failed with %d" % (kind, p.returncode))
+        return (end - float(out.strip().splitlines()[-1])) * 1e3
 
-    base = median(lambda: once("plain"))
-    eg = median(lambda: once("eg"))
-    R.add(6, "exit with 64 threads + 1,000,000 live refs", eg, "ms", "no exitguard, no threads", base,
-          "<= 100 ms added", eg - base <= 100)
+    plain, _ = median_of(lambda: once("plain"))
+    imp, _ = median_of(lambda: once("import"))
+    refs, _ = median_of(lambda: once("refs"))
+    full, full_s = median_of(lambda: once("full"))
+    R.add(6, "exitguard imported, no refs, no threads", imp, "ms",
+          [("same script without exitguard", plain)], delta=True)
+    R.add(6, "+ 1,000,000 live eg_refs", refs, "ms", [("same script without exitguard", plain)], delta=True)
+    R.add(6, "+ 1,000,000 live eg_refs + 64 native threads", full, "ms",
+          [("same script without exitguard or threads", plain)],
+          [("<= 100 ms added", full - plain <= 100)], full_s, delta=True)
 
 
-def bench_log(R, quick):
+def bench_7(R, quick):
+    """eg_log enabled / disabled versus an attach and a logging call per message."""
     import _egbench as B
     import logging
-    logging.getLogger("exitguard").setLevel(logging.ERROR)   # drop warnings: expected here
-    logger = logging.getLogger("egbench")
+    import exitguard
+    print("7. logging from a native thread (ns per message)")
+    logging.getLogger("exitguard").setLevel(logging.ERROR)   # our drop warnings are expected
+    logger = logging.getLogger(B.LOGGER)
     logger.setLevel(logging.WARNING)
     logger.propagate = False
-    logger.addHandler(logging.NullHandler())
-    n = 100_000 if quick else 500_000
-    print("7. eg_log from a native thread (ns per message)")
-    B.log(0, 1000)                        # let exitguard learn the logger's level
-    time.sleep(0.2)
-    enabled = median(lambda: B.log(0, n))
-    disabled = median(lambda: B.log(1, n))
-    info = logger.warning
-    base = median(lambda: B.log(2, max(n // 20, 1000), info))
-    s = __import__("exitguard").stats()
-    R.add(7, "eg_log, enabled level (ring full most of the time)", enabled, "ns", "attach + logger call", base,
-          "<= 150 ns", enabled <= 150)
-    R.add(7, "  log messages delivered / dropped in this run", s["log_delivered"], "msgs")
-    R.add(7, "  (dropped)", s["log_dropped"], "msgs")
-    R.add(7, "eg_log, disabled level", disabled, "ns", target="<= 5 ns", ok=disabled <= 5)
+    logger.handlers[:] = [logging.NullHandler()]
+
+    def settle(timeout=10.0):
+        """Wait (GIL released) until the forwarder has delivered every accepted message."""
+        t0 = time.monotonic()
+        while True:
+            s = exitguard.stats()
+            if s["log_delivered"] >= s["log_formatted"] or time.monotonic() - t0 > timeout:
+                return
+            time.sleep(0.0005)
+
+    B.log_job(B.L_ENABLED, logging.WARNING, 10)              # the logger's level is learnt
+    settle()
+    burst, bursts = 256, (20 if quick else 100)              # a burst fits the 1024-slot ring
+
+    def enabled():
+        total = 0.0
+        for _ in range(bursts):
+            settle()
+            total += B.log_job(B.L_ENABLED, logging.WARNING, burst)
+        settle()
+        return total / bursts
+
+    s0 = exitguard.stats()
+    en, en_s = median_of(enabled)
+    s1 = exitguard.stats()
+    dropped = s1["log_dropped"] - s0["log_dropped"]
+    n = 200_000 if quick else 2_000_000
+    with pinned(1):
+        dis, dis_s = median_of(lambda: B.log_job(B.L_DISABLED, logging.DEBUG, n))
+        query, _ = median_of(lambda: B.log_job(B.L_ENABLED_QUERY, logging.DEBUG, n))
+    base, _ = median_of(lambda: B.log_job(B.L_BASELINE, logging.WARNING, 5_000 if quick else 20_000,
+                                          logger.warning))
+    s2 = exitguard.stats()
+    full, _ = median_of(lambda: B.log_job(B.L_ENABLED, logging.WARNING, 100_000))
+    settle()
+    s3 = exitguard.stats()
+    R.add(7, "eg_log, enabled level (message accepted)", en, "ns",
+          [("attach (kept tstate) + logger.warning", base)], [("<= 150 ns", en <= 150)], en_s,
+          note="bursts of %d into an empty ring; %d dropped" % (burst, dropped))
+    R.add(7, "eg_log, disabled level", dis, "ns", [("attach (kept tstate) + logger.warning", base)],
+          [("<= 5 ns", dis <= 5)], dis_s)
+    R.add(7, "  eg_log_enabled(), same disabled level", query, "ns",
+          note="the same level lookup as a disabled eg_log, without the log_filtered counter")
+    drops = s3["log_dropped"] - s2["log_dropped"]
+    R.add(7, "  eg_log, enabled, ring full (%.0f%% dropped)" % (100.0 * drops / (REPS * 100_000)), full, "ns",
+          note="a producer faster than logging: messages beyond the ring are dropped and counted")
 
 
-def bench_completions(R, quick):
+def bench_8(R, quick):
+    """1,000,000 completions from 2 native threads into asyncio."""
     import _egbench as B
     import asyncio
     import exitguard
     n = 200_000 if quick else 1_000_000
-    print("8. completions from 2 native threads into asyncio")
+    m = 20_000 if quick else 100_000
+    print("8. completions from 2 native threads into an asyncio loop")
 
     async def run_eg():
         loop = asyncio.get_running_loop()
         q = exitguard.CompletionQueue()
         q.attach(loop)
-        B.completed()
+        fut = loop.create_future()
         t0 = time.perf_counter()
-        B.post(q, None, None, n, 2)
-        got = 0
-        while got < n:
-            await asyncio.sleep(0.001)
-            got += B.completed()
+        B.post(q, None, n, 2, lambda: fut.set_result(None))
+        await fut
         dt = time.perf_counter() - t0
+        B.post_join()
+        wakeups = q.stats()["wakeups"]
         q.detach()
-        return dt, q.stats()["wakeups"]
+        q.close()
+        return dt / n * 1e9, wakeups
 
     async def run_base():
         loop = asyncio.get_running_loop()
-        count = [0]
-        m = max(n // 20, 1000)
-
-        def cb():
-            count[0] += 1
-
+        fut = loop.create_future()
         t0 = time.perf_counter()
-        B.post(None, loop.call_soon_threadsafe, cb, m, 2)
-        while count[0] < m:
-            await asyncio.sleep(0.001)
-        return (time.perf_counter() - t0) / m * n
+        B.post(None, loop.call_soon_threadsafe, m, 2, lambda: fut.set_result(None))
+        await fut
+        dt = time.perf_counter() - t0
+        B.post_join()
+        return dt / m * 1e9
 
-    dt, wakeups = asyncio.run(run_eg())
-    base = asyncio.run(run_base())
-    R.add(8, "%d completions: time per completion" % n, dt / n * 1e9, "ns", "attach+call_soon_threadsafe", base / n * 1e9)
-    R.add(8, "  eventfd writes for the whole run", wakeups, "writes")
-
-
-def bench_memory(R, quick):
-    import _egbench as B
-    n = 1_000_000
-    print("memory")
-    import exitguard
-    r0 = rss_kb()
-    obj = B.queue_decrefs(n)
-    r1 = rss_kb()
-    queued = exitguard.stats()["decref_queued"]      # the kicker / pending call may have run
-    exitguard.flush()
-    del obj
-    r2 = rss_kb()
-    B.hold_refs(n)
-    r3 = rss_kb()
-    if queued > n // 2:
-        R.add("mem", "bytes per queued decref", (r1 - r0) * 1024 / queued, "bytes")
-    else:
-        print("  (queued decrefs were applied before they could be measured: %d of %d left)" % (queued, n))
-    R.add("mem", "bytes per live eg_ref", (r3 - r2) * 1024 / n, "bytes")
+    (eg, wakeups), samples = median_pairs(lambda: asyncio.run(run_eg()))
+    base, _ = median_of(lambda: asyncio.run(run_base()))
+    R.add(8, "eg_cq_post: %s completions, time per completion" % "{:,}".format(n), eg, "ns",
+          [("attach (kept tstate) + call_soon_threadsafe", base)], samples=[s[0] for s in samples],
+          note="baseline timed over %s completions" % "{:,}".format(m))
+    R.add(8, "  completions per second", 1e9 / eg, "completions/s",
+          [("attach (kept tstate) + call_soon_threadsafe", 1e9 / base)], higher_is_better=True)
+    R.add(8, "  eventfd writes for %s completions" % "{:,}".format(n), wakeups, "writes",
+          note="the baseline writes asyncio's self-pipe once per call_soon_threadsafe")
 
 
-BENCHES = {"1": bench_enqueue, "2": bench_producer_while_python, "3": bench_drain, "4": bench_ref_pair,
-           "5": bench_attach, "6": bench_exit, "7": bench_log, "8": bench_completions, "mem": bench_memory}
+MEM_SCRIPT = "import sys; sys.path.insert(0, sys.argv[1]); import _egbench as B; print(B.%s(1_000_000))"
 
 
-def write_outputs(R, machine):
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    js = os.path.join(HERE, "results", VER + ".json")
-    with open(js, "w") as f:
-        json.dump({"python": VER, "machine": machine, "rows": R.rows}, f, indent=1)
-    # docs/performance.md: the table between the markers.
-    table = ["| # | measurement | exitguard | baseline (same run) | ratio | target |", "|---|---|---|---|---|---|"]
-    for r in R.rows:
-        base = "%s: %.1f %s" % (r["baseline_name"], r["baseline"], r["unit"]) if r["baseline"] is not None else ""
-        ratio = "%.1fx" % r["ratio"] if r["ratio"] else ""
-        tgt = "%s **%s**" % (r["target"], r["verdict"]) if r["verdict"] else ""
-        table.append("| %s | %s | %.1f %s | %s | %s | %s |" % (r["num"], r["name"].strip(), r["value"], r["unit"], base, ratio, tgt))
-    doc = os.path.join(ROOT, "docs", "performance.md")
-    text = open(doc).read() if os.path.exists(doc) else ""
-    start, end = "<!-- results:%s -->" % VER, "<!-- /results:%s -->" % VER
-    block = "%s\nCPython %s on %s.\n\n%s\n%s" % (start, VER, machine, "\n".join(table), end)
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(doc, "w") as f:
-        f.write(text)
+def bench_mem(R, quick):
+    """Peak RSS per queued decref and per live eg_ref, over 1,000,000 of each (fresh processes)."""
+    print("memory: peak RSS over 1,000,000 (fresh process each)")
+
+    def once(fn):
+        out = subprocess.run([sys.executable, "-c", MEM_SCRIPT % fn, BUILD], capture_output=True,
+                             text=True, check=True).stdout
+        return float(out.strip().splitlines()[-1])
+
+    q, q_s = median_of(lambda: once("mem_queue"))
+    r, r_s = median_of(lambda: once("mem_refs"))
+    R.add("mem", "bytes per queued decref", q, "bytes", samples=q_s,
+          note="a pointer is 8 bytes; segments are 8 KiB")
+    R.add("mem", "bytes per live eg_ref", r, "bytes", samples=r_s,
+          note="registry chunks double in size: up to ~2x the live count is allocated")
+
+
+BENCHES = {"1": bench_1, "2": bench_2, "3": bench_3, "4": bench_4, "5": bench_5,
+           "6": bench_6, "7": bench_7, "8": bench_8, "mem": bench_mem}
+
+# What each benchmark needs from exitguard; one whose feature has not landed is skipped
+# and listed as missing.
+REQUIRES = {
+    "7": lambda eg: "log_delivered" in eg.stats(),
+    "8": lambda eg: hasattr(eg, "CompletionQueue"),
+}
+
+
+def machine_description():
+    model = platform.processor() or platform.machine()
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        rows = [r for r in R.rows if r["baseline"] is not None and r["unit"] == "ns"]
-        fig, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * len(rows)))
-        names = [r["name"].strip() for r in rows]
-        ys = range(len(rows))
-        ax.barh([y + 0.2 for y in ys], [r["baseline"] for r in rows], height=0.4, label="baseline (same run)", color="#bbbbbb")
-        ax.barh([y - 0.2 for y in ys], [r["value"] for r in rows], height=0.4, label="exitguard", color="#2a6fb0")
-        ax.set_yticks(list(ys))
-        ax.set_yticklabels(names, fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("ns per operation (log scale, lower is better)")
-        ax.set_title("exitguard vs baselines, CPython %s, %s" % (VER, machine), fontsize=9)
-        ax.invert_yaxis()
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(HERE, "results", VER + ".png"), dpi=110)
-    except ImportError:
-        print("(matplotlib not installed: no chart)")
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return "%s, %d cores, Linux %s" % (model, os.cpu_count(), platform.release())
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default=",".join(BENCHES))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller counts (a smoke test, not for the docs)")
+    ap.add_argument("--only", default=",".join(BENCHES), help="comma list of benchmarks (default: all)")
+    ap.add_argument("--no-write", action="store_true", help="print only: no JSON, chart or docs table")
     args = ap.parse_args(argv)
     build()
-    import exitguard  # noqa: F401
-    machine = "%s, %d cores" % (platform.processor() or platform.machine(), os.cpu_count())
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")][0]
-            machine = "%s, %d cores" % (model, os.cpu_count())
-    except (OSError, IndexError):
-        pass
-    print("exitguard benchmarks -- CPython %s -- %s -- median of %d" % (VER, machine, REPS))
+    import exitguard
+    import _egbench
+    machine = machine_description()
+    load0 = os.getloadavg()
+    print("exitguard %s benchmarks -- CPython %s -- %s -- median of %d%s" % (
+        exitguard.__version__, VER, machine, REPS, " -- QUICK" if args.quick else ""))
     R = Results()
+    missing = []
+    t0 = time.monotonic()
     for key in args.only.split(","):
+        if key not in BENCHES:
+            raise SystemExit("unknown benchmark %r (have %s)" % (key, ", ".join(BENCHES)))
+        if key in REQUIRES and not REQUIRES[key](exitguard):
+            missing.append(key)
+            print("%s. skipped: the exitguard feature it measures has not landed" % key)
+            continue
         BENCHES[key](R, args.quick)
-    write_outputs(R, machine)
-    print("wrote bench/results/%s.json, bench/results/%s.png, docs/performance.md" % (VER, VER))
+    print("missing benchmarks (feature not landed): %s" % (", ".join(missing) or "none"))
+    meta = dict(python=VER, exitguard=exitguard.__version__, egbench_header=_egbench.EG_VERSION,
+                machine=machine, date=time.strftime("%Y-%m-%d"), reps=REPS, quick=args.quick,
+                loadavg_before=load0, loadavg_after=os.getloadavg(), seconds=round(time.monotonic() - t0, 1),
+                missing=missing)
+    misses = sum(t["verdict"] == "MISS" for r in R.rows for t in r["targets"])
+    passes = sum(t["verdict"] == "PASS" for r in R.rows for t in r["targets"])
+    print("targets: %d PASS, %d MISS (a MISS never fails the run); %.0f s" % (passes, misses, meta["seconds"]))
+    if not args.no_write:
+        import report
+        for path in report.write_all(meta, R.rows):
+            print("wrote %s" % os.path.relpath(path, ROOT))
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, HERE)
     main()
