@@ -19,16 +19,25 @@
  *   gs_new    the same pairs on a thread without a thread state: every
  *             Ensure creates one and every Release deletes it.
  *
- * Timing: CLOCK_MONOTONIC around tight loops, on native threads (pthreads)
- * wherever the benchmark is about native threads; results go back to
- * Python as nanoseconds per operation.  Each timed loop is a separate
- * noinline function named egb_loop_*, which bench/callgrind.py hands to
- * callgrind's --toggle-collect to count the instructions of exactly that
- * loop (and what it calls).
+ *   raw_kept  PyEval_RestoreThread/SaveThread on an own thread state: the
+ *             floor of any attach;
+ *   pep788    (3.15) PyThreadState_EnsureFromView/Release, kept and new.
+ * The binding peers (pybind11, nanobind, Cython) live in bench/peers/; the
+ * attach and drop families of bench/run.py mix their variants with these.
+ *
+ * Timing: the CPU time of the thread that runs a tight loop
+ * (CLOCK_THREAD_CPUTIME_ID, beside the wall clock where both are returned;
+ * bench/peers/harness.h), on native threads (pthreads) wherever the
+ * benchmark is about native threads; results go back to Python as
+ * nanoseconds per operation.  Each timed loop is a separate noinline
+ * function named egb_loop_*, which bench/callgrind.py hands to callgrind's
+ * --toggle-collect to count the instructions of exactly that loop (and
+ * what it calls); callgrind_dump() separates its cases.
  *
  * Draining during the enqueue benchmarks: where the caller holds the GIL
  * across the timed loop (benchmarks 1, 3 and the memory figures), neither
- * exitguard's drainers nor the pool's can run, so the loop measures the push
+ * exitguard's drainers nor the pool's can run (except on a free-threaded
+ * build, whose kicker does not wait for a GIL), so the loop measures the push
  * alone and the queue is applied afterwards, timed separately (3).
  * Benchmark 2 measures the opposite case: a sustained stream while the main
  * thread runs bytecode and the queue is applied concurrently.
@@ -40,6 +49,24 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>            /* first: defines _GNU_SOURCE */
 #include <exitguard.h>
+
+#include "harness.h"           /* bench/peers/harness.h */
+
+/* Instruction counts (bench/callgrind.py): one valgrind process runs every
+ * case, counting only inside the egb_loop_* functions, and asks callgrind to
+ * dump and zero its counters, named after the case, between cases -- so
+ * each dump holds one case's loops.  Outside valgrind a client request is a
+ * few instructions that do nothing; without valgrind's header, nothing. */
+#if defined(__has_include)
+#  if __has_include(<valgrind/callgrind.h>)
+#    include <valgrind/callgrind.h>
+#    define EGB_HAVE_CALLGRIND 1
+#  endif
+#endif
+#if !defined(EGB_HAVE_CALLGRIND)
+#  define EGB_HAVE_CALLGRIND 0
+#  define CALLGRIND_DUMP_STATS_AT(name) ((void)(name))
+#endif
 
 #include <errno.h>
 #include <poll.h>
@@ -66,24 +93,8 @@ egb_newref(PyObject *o)
 #  define Py_NewRef egb_newref
 #endif
 
-#define EGB_NOINLINE __attribute__((noinline))
 #define EGB_MAX_THREADS 64
 
-static double
-now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
-}
-
-/* Keeps the compiler from merging or dropping refcount operations on `p`
- * across it (the bare Py_INCREF/Py_DECREF baselines). */
-static inline void
-clobber(void *p)
-{
-    __asm__ volatile("" : : "r"(p) : "memory");
-}
 
 static PyObject *
 errno_error(int rc, const char *what)
@@ -248,7 +259,9 @@ egb_loop_gs_decref(PyObject *obj, long n)
     }
 }
 
-/* Applies exactly `n` queued decrefs; -1 when fewer were queued. */
+/* Applies up to `n` queued decrefs; returns how many it applied (fewer
+ * when something else drained part of the queue first: on a free-threaded
+ * build the kicker does not wait for a GIL). */
 EGB_NOINLINE Py_ssize_t
 egb_loop_flush(Py_ssize_t n)
 {
@@ -256,7 +269,7 @@ egb_loop_flush(Py_ssize_t n)
     while (done < n && (k = eg_flush()) > 0) {
         done += k;
     }
-    return done == n ? done : -1;
+    return done;
 }
 
 EGB_NOINLINE void
@@ -281,33 +294,8 @@ egb_loop_incdec(PyObject *obj, long n)
 {
     for (long i = 0; i < n; i++) {
         Py_INCREF(obj);
-        clobber(obj);
+        egb_clobber(obj);
         Py_DECREF(obj);
-    }
-}
-
-EGB_NOINLINE long
-egb_loop_eg_attach(long n)
-{
-    long refused = 0;
-    for (long i = 0; i < n; i++) {
-        eg_gil st;
-        if (eg_gil_ensure(NULL, &st) == 0) {
-            eg_gil_release(&st);
-        }
-        else {
-            refused++;
-        }
-    }
-    return refused;
-}
-
-EGB_NOINLINE void
-egb_loop_gs_attach(long n)
-{
-    for (long i = 0; i < n; i++) {
-        PyGILState_STATE g = PyGILState_Ensure();
-        PyGILState_Release(g);
     }
 }
 
@@ -342,7 +330,7 @@ enq_main(void *arg)
     if (e->line != NULL) {
         startline_wait(e->line);
     }
-    double t0 = now_ns();
+    double t0 = egb_cpu_ns();
     switch (e->mode) {
     case M_EG:
         egb_loop_eg_decref(e->obj, e->n);
@@ -353,7 +341,7 @@ enq_main(void *arg)
     default:
         egb_loop_gs_decref(e->obj, e->n);
     }
-    e->ns = (now_ns() - t0) / (double)e->n;
+    e->ns = (egb_cpu_ns() - t0) / (double)e->n;
     if (e->mode == M_GS_KEPT) {
         kept_end(&kept);
     }
@@ -440,7 +428,7 @@ b_enqueue(PyObject *m, PyObject *args)
     if (rc != 0) {
         return errno_error(rc, "pthread_create");
     }
-    if (left != 1) {
+    if (EGB_EXACT_REFCNT && left != 1) {
         PyErr_Format(PyExc_AssertionError,
                      "decrefs lost or still queued: refcount %zd", left);
         return NULL;
@@ -486,7 +474,7 @@ prod_main(void *arg)
         kept_begin(&kept);
     }
     long ops = 0;
-    double t0 = now_ns();
+    double t0 = egb_now_ns();
     while (!atomic_load_explicit(&prod.stop, memory_order_relaxed)
            && ops < PROD_LIMIT) {
         if (prod.mode == M_EG) {
@@ -497,7 +485,7 @@ prod_main(void *arg)
             /* The control: a native thread that only burns its core,
              * touching neither Python nor memory. */
             for (int i = 0; i < PROD_CHUNK; i++) {
-                clobber(prod.obj);
+                egb_clobber(prod.obj);
             }
         }
         else {
@@ -505,7 +493,7 @@ prod_main(void *arg)
             ops++;
         }
     }
-    prod.ns = (now_ns() - t0) / (double)(ops ? ops : 1);
+    prod.ns = (egb_now_ns() - t0) / (double)(ops ? ops : 1);
     prod.ops = ops;
     if (prod.mode == M_GS_KEPT) {
         kept_end(&kept);
@@ -568,7 +556,7 @@ b_producer_stop(PyObject *m, PyObject *Py_UNUSED(ignored))
     Py_ssize_t left = Py_REFCNT(obj) - (PROD_LIMIT - prod.ops);
     Py_SET_REFCNT(obj, 1);
     Py_DECREF(obj);
-    if (left != 1) {
+    if (EGB_EXACT_REFCNT && left != 1) {
         PyErr_Format(PyExc_AssertionError, "decrefs lost: %zd", left - 1);
         return NULL;
     }
@@ -646,9 +634,9 @@ new_floats(long n)
     return objs;
 }
 
-/* drain(n, dealloc) -> (ns/object of eg_flush over n queued decrefs, ns/object
- * of a bare Py_DECREF loop over the same objects).  n distinct floats, in
- * the same order for both; dealloc=0: each keeps another reference (the
+/* drain(n, dealloc) -> (ns/object of eg_flush over the n queued decrefs it
+ * applied, ns/object of a bare Py_DECREF loop over the same objects, how
+ * many eg_flush applied).  n distinct floats, in the same order for both; dealloc=0: each keeps another reference (the
  * queue's own overhead), dealloc=1: the decref frees it. */
 static PyObject *
 b_drain(PyObject *m, PyObject *args)
@@ -678,9 +666,10 @@ b_drain(PyObject *m, PyObject *args)
     if (rc != 0) {
         return errno_error(rc, "pthread_create");   /* leaks: benchmark */
     }
-    double t0 = now_ns();
+    double t0 = egb_cpu_ns();
     Py_ssize_t applied = egb_loop_flush(n);
-    double eg_ns = (now_ns() - t0) / (double)n;
+    double eg_ns = (egb_cpu_ns() - t0) / (double)(applied > 0 ? applied : 1);
+    CALLGRIND_DUMP_STATS_AT("drain");
 
     if (dealloc) {
         free(objs);
@@ -693,21 +682,24 @@ b_drain(PyObject *m, PyObject *args)
             Py_INCREF(objs[i]);
         }
     }
-    t0 = now_ns();
+    t0 = egb_cpu_ns();
     egb_loop_bare_decref(objs, n);
-    double bare_ns = (now_ns() - t0) / (double)n;
+    double bare_ns = (egb_cpu_ns() - t0) / (double)n;
+    CALLGRIND_DUMP_STATS_AT("drain_ref");
     if (!dealloc) {
         for (long i = 0; i < n; i++) {
             Py_DECREF(objs[i]);
         }
     }
     free(objs);
-    if (applied < 0) {
+    /* With a GIL nothing else can drain while we hold it: every decref
+     * must have been ours to apply. */
+    if (EGB_EXACT_REFCNT && applied != n) {
         PyErr_SetString(PyExc_AssertionError,
                         "eg_flush applied fewer decrefs than were queued");
         return NULL;
     }
-    return Py_BuildValue("(dd)", eg_ns, bare_ns);
+    return Py_BuildValue("(ddn)", eg_ns, bare_ns, applied);
 }
 
 /* ---- 4: eg_ref_new + eg_ref_release, attached ------------------------------------ */
@@ -730,97 +722,302 @@ b_ref_pair(PyObject *m, PyObject *arg)
         return NULL;
     }
     eg_ref_release(warm);
-    double t0 = now_ns();
+    double t0 = egb_cpu_ns();
     egb_loop_ref_pair(obj, n);
-    double eg_ns = (now_ns() - t0) / (double)n;
-    t0 = now_ns();
+    double eg_ns = (egb_cpu_ns() - t0) / (double)n;
+    t0 = egb_cpu_ns();
     egb_loop_incdec(obj, n);
-    double base_ns = (now_ns() - t0) / (double)n;
+    double base_ns = (egb_cpu_ns() - t0) / (double)n;
     Py_DECREF(obj);
     return Py_BuildValue("(dd)", eg_ns, base_ns);
 }
 
-/* ---- 5: attach + detach from a native thread -------------------------------------- */
+/* ---- 5: attach and drop, variant by variant ------------------------------------- */
 
-typedef struct {
-    int mode;          /* M_EG: registered thread; M_GS_KEPT; M_GS_NEW */
-    long n;
-    long refused;
-    double ns;
-} att_t;
+/* The variants exitguard and CPython's own APIs contribute to the attach
+ * and drop families of bench/run.py; the binding peers' variants are in
+ * bench/peers/.  Each runs on a fresh native pthread (harness.h), n
+ * operations, uncontended.
+ *
+ *   attach/eg               eg_gil_ensure(NULL) + eg_gil_release: the gate,
+ *                           the cached thread state, the PEP 788 guard on 3.15
+ *   attach/gilstate_kept    PyGILState_Ensure/Release on a thread that keeps
+ *                           its state (outer Ensure + PyEval_SaveThread)
+ *   attach/gilstate_new     the same pairs with nothing kept: each Ensure
+ *                           creates a state, each Release deletes it
+ *   attach/raw_kept         PyEval_RestoreThread/PyEval_SaveThread on the
+ *                           thread's own PyThreadState_New state: the floor,
+ *                           what any attach costs with no bookkeeping at all
+ *   attach/pep788_kept      (3.15) PyThreadState_EnsureFromView/Release on a
+ *                           view of the main interpreter, the state kept by an
+ *                           outer Ensure + PyEval_SaveThread
+ *   attach/pep788_new       (3.15) the same with nothing kept
+ *   drop/eg_decref          eg_decref with no GIL (queued)
+ *   drop/eg_ref_release     eg_ref_release of a registered reference with no
+ *                           GIL (queued, and the registry slot freed)
+ *   drop/gilstate_kept      PyGILState_Ensure + Py_DECREF + Release, kept
+ *   drop/gilstate_new       the same, a new thread state each time
+ */
+
+EGB_NOINLINE void
+egb_loop_eg_attach(egb_job *j)
+{
+    for (long i = 0; i < j->n; i++) {
+        eg_gil st;
+        if (eg_gil_ensure(NULL, &st) != 0) {
+            j->failed++;
+            continue;
+        }
+        egb_touch(j->obj);
+        eg_gil_release(&st);
+    }
+}
+
+EGB_NOINLINE void
+egb_loop_gs_attach(egb_job *j)
+{
+    for (long i = 0; i < j->n; i++) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        egb_touch(j->obj);
+        PyGILState_Release(g);
+    }
+}
+
+EGB_NOINLINE void
+egb_loop_raw_attach(egb_job *j)
+{
+    PyThreadState *ts = j->ctx;
+    for (long i = 0; i < j->n; i++) {
+        PyEval_RestoreThread(ts);
+        egb_touch(j->obj);
+        (void)PyEval_SaveThread();
+    }
+}
+
+EGB_NOINLINE void
+egb_loop_eg_decref_job(egb_job *j)
+{
+    for (long i = 0; i < j->n; i++) {
+        eg_decref(j->obj);
+    }
+}
+
+EGB_NOINLINE void
+egb_loop_eg_ref_release(egb_job *j)
+{
+    eg_ref **refs = j->items;
+    for (long i = 0; i < j->n; i++) {
+        eg_ref_release(refs[i]);
+    }
+}
+
+EGB_NOINLINE void
+egb_loop_gs_drop(egb_job *j)
+{
+    for (long i = 0; i < j->n; i++) {
+        PyGILState_STATE g = PyGILState_Ensure();
+        Py_DECREF(j->obj);
+        PyGILState_Release(g);
+    }
+}
 
 static void
-att_run(void *arg)
+body_eg_attach(egb_job *j)
 {
-    att_t *a = arg;
-    kept_tstate kept = {0, NULL};
-    if (a->mode == M_GS_KEPT) {
-        kept_begin(&kept);
+    eg_gil st;                  /* the first attach makes the cached state */
+    if (eg_gil_ensure(NULL, &st) != 0) {
+        j->failed = j->n;
+        return;
     }
-    else if (a->mode == M_EG) {
-        (void)egb_loop_eg_attach(1);      /* creates the cached thread state */
+    eg_gil_release(&st);
+    egb_time(j, egb_loop_eg_attach);
+}
+
+static void
+gilstate_kept(egb_job *j, void (*loop)(egb_job *))
+{
+    kept_tstate kept;
+    kept_begin(&kept);
+    egb_time(j, loop);
+    kept_end(&kept);
+}
+
+static void body_gs_attach_kept(egb_job *j) { gilstate_kept(j, egb_loop_gs_attach); }
+static void body_gs_attach_new(egb_job *j) { egb_time(j, egb_loop_gs_attach); }
+static void body_gs_drop_kept(egb_job *j) { gilstate_kept(j, egb_loop_gs_drop); }
+static void body_gs_drop_new(egb_job *j) { egb_time(j, egb_loop_gs_drop); }
+static void body_eg_decref(egb_job *j) { egb_time(j, egb_loop_eg_decref_job); }
+static void body_eg_ref_release(egb_job *j) { egb_time(j, egb_loop_eg_ref_release); }
+
+/* The floor: a state of our own, made without the GIL (PyThreadState_New
+ * takes the runtime's lock), deleted attached at the end. */
+static void
+body_raw_attach(egb_job *j)
+{
+    PyInterpreterState *interp = j->items;
+    PyThreadState *ts = PyThreadState_New(interp);
+    if (ts == NULL) {
+        j->failed = j->n;
+        return;
     }
-    double t0 = now_ns();
-    if (a->mode == M_EG) {
-        a->refused = egb_loop_eg_attach(a->n);
-    }
-    else {
-        egb_loop_gs_attach(a->n);
-    }
-    a->ns = (now_ns() - t0) / (double)a->n;
-    if (a->mode == M_GS_KEPT) {
-        kept_end(&kept);
+    j->ctx = ts;
+    egb_time(j, egb_loop_raw_attach);
+    PyEval_RestoreThread(ts);
+    PyThreadState_Clear(ts);
+    PyThreadState_DeleteCurrent();
+}
+
+#if PY_VERSION_HEX >= 0x030F00B1
+/* PEP 788 (CPython 3.15): the protected attach CPython itself offers. */
+EGB_NOINLINE void
+egb_loop_pep788_attach(egb_job *j)
+{
+    PyInterpreterView *view = j->items;
+    for (long i = 0; i < j->n; i++) {
+        PyThreadStateToken *t = PyThreadState_EnsureFromView(view);
+        if (t == NULL) {
+            j->failed++;
+            continue;
+        }
+        egb_touch(j->obj);
+        PyThreadState_Release(t);
     }
 }
 
-static void *
-att_pthread_main(void *arg)
+/* Kept: an outer Ensure makes the thread's state and PyEval_SaveThread
+ * detaches it; each inner Ensure re-attaches that state (CPython reuses the
+ * thread's gilstate state of the same interpreter). */
+static void
+body_pep788_attach_kept(egb_job *j)
 {
-    att_run(arg);
-    return NULL;
+    PyThreadStateToken *outer = PyThreadState_EnsureFromView(j->items);
+    if (outer == NULL) {
+        j->failed = j->n;
+        return;
+    }
+    PyThreadState *saved = PyEval_SaveThread();
+    egb_time(j, egb_loop_pep788_attach);
+    PyEval_RestoreThread(saved);
+    PyThreadState_Release(outer);
 }
 
-/* attach(mode, n) -> ns per pair.  exitguard's pairs run on a thread it
- * started (eg_thread_start, registered); the PyGILState baselines on a plain
- * pthread.  The caller waits with the GIL released: no contention. */
+static void body_pep788_attach_new(egb_job *j) { egb_time(j, egb_loop_pep788_attach); }
+#endif
+
+enum { ITEMS_NONE, ITEMS_REFS, ITEMS_INTERP, ITEMS_VIEW };
+
+typedef struct {
+    const char *name;
+    void (*body)(egb_job *j);
+    int drops;                  /* each operation drops one reference */
+    int items;
+} egb_variant;
+
+static const egb_variant egb_variants[] = {
+    {"attach/eg", body_eg_attach, 0, ITEMS_NONE},
+    {"attach/gilstate_kept", body_gs_attach_kept, 0, ITEMS_NONE},
+    {"attach/gilstate_new", body_gs_attach_new, 0, ITEMS_NONE},
+    {"attach/raw_kept", body_raw_attach, 0, ITEMS_INTERP},
+#if PY_VERSION_HEX >= 0x030F00B1
+    {"attach/pep788_kept", body_pep788_attach_kept, 0, ITEMS_VIEW},
+    {"attach/pep788_new", body_pep788_attach_new, 0, ITEMS_VIEW},
+#endif
+    {"drop/eg_decref", body_eg_decref, 1, ITEMS_NONE},
+    {"drop/eg_ref_release", body_eg_ref_release, 1, ITEMS_REFS},
+    {"drop/gilstate_kept", body_gs_drop_kept, 1, ITEMS_NONE},
+    {"drop/gilstate_new", body_gs_drop_new, 1, ITEMS_NONE},
+};
+
+/* run(variant, n) -> (CPU ns, wall ns) per operation.  Attached. */
 static PyObject *
-b_attach(PyObject *m, PyObject *args)
+b_run(PyObject *m, PyObject *args)
 {
     (void)m;
-    att_t a = {0, 0, 0, 0};
-    if (!PyArg_ParseTuple(args, "il", &a.mode, &a.n)) {
+    const char *name;
+    long n;
+    if (!PyArg_ParseTuple(args, "sl", &name, &n)) {
         return NULL;
     }
-    if (a.n < 1 || (a.mode != M_EG && a.mode != M_GS_KEPT
-                    && a.mode != M_GS_NEW)) {
-        PyErr_SetString(PyExc_ValueError, "bad mode or n");
+    const egb_variant *v = NULL;
+    for (size_t i = 0; i < sizeof(egb_variants) / sizeof(egb_variants[0]); i++) {
+        if (strcmp(name, egb_variants[i].name) == 0) {
+            v = &egb_variants[i];
+        }
+    }
+    if (v == NULL || n < 1) {
+        PyErr_Format(PyExc_ValueError, "unknown variant %s, or n < 1", name);
         return NULL;
     }
-    if (a.mode == M_EG) {
-        eg_thread *t;
-        int rc = eg_thread_start(&t, "egbench-attach", att_run, NULL, &a);
-        if (rc < 0) {
-            return errno_error(rc, "eg_thread_start");
+    PyObject *obj = PyList_New(0);
+    if (obj == NULL) {
+        return NULL;
+    }
+    egb_job j = {v->body, obj, NULL, NULL, n, 0, 0, 0};
+    eg_ref **refs = NULL;
+    if (v->items == ITEMS_REFS) {
+        if ((refs = malloc(sizeof(*refs) * (size_t)n)) == NULL) {
+            Py_DECREF(obj);
+            return PyErr_NoMemory();
         }
-        if ((rc = eg_thread_join(t, -1)) < 0) {   /* releases the GIL */
-            return errno_error(rc, "eg_thread_join");
+        for (long i = 0; i < n; i++) {
+            if ((refs[i] = eg_ref_new(obj)) == NULL) {
+                return NULL;            /* leaks: benchmark */
+            }
         }
-        if (a.refused) {
-            PyErr_Format(PyExc_RuntimeError, "%ld attaches refused", a.refused);
-            return NULL;
+        j.items = refs;
+    }
+    else if (v->drops) {
+        add_refs(obj, n);
+    }
+    else if (v->items == ITEMS_INTERP) {
+        j.items = PyThreadState_GetInterpreter(PyThreadState_Get());
+    }
+#if PY_VERSION_HEX >= 0x030F00B1
+    else if (v->items == ITEMS_VIEW) {
+        /* nanobind's choice: a view of the main interpreter. */
+        if ((j.items = PyInterpreterView_FromMain()) == NULL) {
+            Py_DECREF(obj);
+            return PyErr_NoMemory();
         }
     }
-    else {
-        pthread_t tid;
-        int rc = pthread_create(&tid, NULL, att_pthread_main, &a);
-        if (rc != 0) {
-            return errno_error(rc, "pthread_create");
-        }
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(tid, NULL);
-        Py_END_ALLOW_THREADS
+#endif
+    Py_ssize_t before = Py_REFCNT(obj);
+    int rc = egb_run_native(&j);
+#if PY_VERSION_HEX >= 0x030F00B1
+    if (v->items == ITEMS_VIEW) {
+        PyInterpreterView_Close(j.items);
     }
-    return PyFloat_FromDouble(a.ns);
+#endif
+    free(refs);
+    while (eg_flush() > 0) {            /* what was queued */
+    }
+    Py_ssize_t after = Py_REFCNT(obj);
+    Py_DECREF(obj);
+    if (rc < 0) {
+        return NULL;
+    }
+    if (EGB_EXACT_REFCNT && after != before - (v->drops ? n : 0)) {
+        PyErr_Format(PyExc_AssertionError, "%s: reference count %zd, expected %zd",
+                     name, after, before - (v->drops ? n : 0));
+        return NULL;
+    }
+    return egb_result(&j);
+}
+
+static PyObject *
+variant_names(void)
+{
+    size_t k = sizeof(egb_variants) / sizeof(egb_variants[0]);
+    PyObject *list = PyList_New((Py_ssize_t)k);
+    for (size_t i = 0; list != NULL && i < k; i++) {
+        PyObject *s = PyUnicode_FromString(egb_variants[i].name);
+        if (s == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, s);
+    }
+    return list;
 }
 
 /* ---- 6: a process exiting with native threads and live references ------------------ */
@@ -976,7 +1173,7 @@ lw_main(void *arg)
         if (lw.mode == L_BASELINE) {
             kept_begin(&kept);
         }
-        double t0 = now_ns();
+        double t0 = egb_cpu_ns();
         switch (lw.mode) {
         case L_ENABLED:
         case L_DISABLED:
@@ -988,7 +1185,7 @@ lw_main(void *arg)
         default:
             egb_loop_log_baseline(lw.call, lw.n);
         }
-        lw.ns = (now_ns() - t0) / (double)lw.n;
+        lw.ns = (egb_cpu_ns() - t0) / (double)lw.n;
         if (lw.mode == L_BASELINE) {
             kept_end(&kept);
         }
@@ -1035,6 +1232,74 @@ b_log_job(PyObject *m, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     return PyFloat_FromDouble(lw.ns);
+}
+
+/* A paced producer for the forwarder's throughput: bursts of `burst`
+ * messages at an enabled level, a pause of `pause_us` after each, until
+ * stopped.  Bursts keep the ring fed -- when the forwarder is slower, the
+ * ring stays full and the excess is dropped and counted -- while the
+ * pauses leave the forwarder a core of its own on a two-core machine.
+ * bench/run.py reads the delivered count from exitguard.stats(). */
+static struct {
+    pthread_t tid;
+    atomic_int stop;
+    int running;
+    long burst, pause_us, calls;
+    double seconds;
+} ls;
+
+static void *
+ls_main(void *arg)
+{
+    (void)arg;
+    struct timespec pause = {0, ls.pause_us * 1000L};
+    long calls = 0;
+    double t0 = egb_now_ns();
+    while (!atomic_load_explicit(&ls.stop, memory_order_relaxed)) {
+        egb_loop_log(EG_LOG_WARNING, ls.burst);
+        calls += ls.burst;
+        nanosleep(&pause, NULL);
+    }
+    ls.seconds = (egb_now_ns() - t0) / 1e9;
+    ls.calls = calls;
+    return NULL;
+}
+
+static PyObject *
+b_log_stream_start(PyObject *m, PyObject *args)
+{
+    (void)m;
+    if (ls.running) {
+        PyErr_SetString(PyExc_RuntimeError, "log stream already running");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "ll", &ls.burst, &ls.pause_us)) {
+        return NULL;
+    }
+    atomic_store(&ls.stop, 0);
+    int rc = pthread_create(&ls.tid, NULL, ls_main, NULL);
+    if (rc != 0) {
+        return errno_error(rc, "pthread_create");
+    }
+    ls.running = 1;
+    Py_RETURN_NONE;
+}
+
+/* log_stream_stop() -> (messages logged, seconds). */
+static PyObject *
+b_log_stream_stop(PyObject *m, PyObject *Py_UNUSED(ignored))
+{
+    (void)m;
+    if (!ls.running) {
+        PyErr_SetString(PyExc_RuntimeError, "no log stream");
+        return NULL;
+    }
+    atomic_store(&ls.stop, 1);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(ls.tid, NULL);
+    Py_END_ALLOW_THREADS
+    ls.running = 0;
+    return Py_BuildValue("(ld)", ls.calls, ls.seconds);
 }
 
 /* ---- 8: completions into asyncio ------------------------------------------------- */
@@ -1243,7 +1508,7 @@ b_mem_queue(PyObject *m, PyObject *arg)
     }
     Py_ssize_t left = Py_REFCNT(obj);
     Py_DECREF(obj);
-    if (applied != n || left != 1) {
+    if (EGB_EXACT_REFCNT && (applied != n || left != 1)) {
         PyErr_Format(PyExc_AssertionError, "applied %zd of %ld", applied, n);
         return NULL;
     }
@@ -1290,6 +1555,21 @@ b_mem_refs(PyObject *m, PyObject *arg)
 
 /* ---- Module -------------------------------------------------------------------------- */
 
+/* callgrind_dump(name): under callgrind, dump the counters collected since
+ * the last dump as `name` and zero them (bench/callgrind.py); elsewhere a
+ * no-op.  Returns whether valgrind's header was there at build time. */
+static PyObject *
+b_callgrind_dump(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) {
+        return NULL;
+    }
+    CALLGRIND_DUMP_STATS_AT(name);
+    return PyBool_FromLong(EGB_HAVE_CALLGRIND);
+}
+
 static PyObject *
 b_pool_drain(PyObject *m, PyObject *Py_UNUSED(ignored))
 {
@@ -1305,10 +1585,12 @@ static PyMethodDef methods[] = {
     {"producer_stop", b_producer_stop, METH_NOARGS, NULL},
     {"push_one", b_push_one, METH_O, NULL},
     {"drain", b_drain, METH_VARARGS,
-     "drain(n, dealloc) -> (eg_flush ns/object, bare Py_DECREF ns/object)"},
+     "drain(n, dealloc) -> (eg_flush ns/object, bare Py_DECREF ns/object, applied)"},
     {"ref_pair", b_ref_pair, METH_O,
      "ref_pair(n) -> (eg_ref_new+eg_ref_release ns, Py_INCREF+Py_DECREF ns)"},
-    {"attach", b_attach, METH_VARARGS, "attach(mode, n) -> ns per pair"},
+    {"run", b_run, METH_VARARGS, "run(variant, n) -> (CPU ns, wall ns) per operation"},
+    {"log_stream_start", b_log_stream_start, METH_VARARGS, NULL},
+    {"log_stream_stop", b_log_stream_stop, METH_NOARGS, NULL},
     {"start_workers", b_start_workers, METH_O, NULL},
     {"hold_refs", b_hold_refs, METH_O, NULL},
     {"log_job", b_log_job, METH_VARARGS, NULL},
@@ -1318,6 +1600,7 @@ static PyMethodDef methods[] = {
     {"mem_queue", b_mem_queue, METH_O, NULL},
     {"mem_refs", b_mem_refs, METH_O, NULL},
     {"pool_drain", b_pool_drain, METH_NOARGS, NULL},
+    {"callgrind_dump", b_callgrind_dump, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1342,11 +1625,22 @@ exec_mod(PyObject *m)
                                           EG_VERSION_STRING) < 0) {
         return -1;
     }
+    PyObject *names = variant_names();
+    if (names == NULL || PyModule_AddObject(m, "VARIANTS", names) < 0) {
+        Py_XDECREF(names);
+        return -1;
+    }
     return 0;
 }
 
 static PyModuleDef_Slot slots[] = {
     {Py_mod_exec, (void *)exec_mod},
+#if defined(Py_GIL_DISABLED)
+    /* Importing a module without this slot re-enables the GIL of a
+     * free-threaded build for the whole process: every figure would be a
+     * GIL build's. */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 
