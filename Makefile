@@ -5,7 +5,7 @@
 #   make demo        build exitguard and examples/ticker, run the demo
 #   make torture     $(TORTURE_RUNS) randomized shutdown scenarios (make test runs them too)
 #   make valgrind    exitguard's paths under valgrind memcheck
-#   make bench       benchmarks against same-run baselines (bench-all, bench-callgrind)
+#   make bench       benchmarks beside pybind11/nanobind/Cython, same run (bench-all, bench-callgrind)
 #   make check-packaging  sdist + wheel, twine, fresh-venv installs, typing (once, not per interpreter)
 #   make clean
 #
@@ -23,7 +23,7 @@ VENV := .venv/$(PYVER)
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip --disable-pip-version-check -q
 
-.PHONY: test test-all demo install clean venv torture valgrind bench bench-all bench-callgrind check-packaging realworld realworld-one
+.PHONY: test test-all demo install clean venv torture valgrind bench bench-run bench-report bench-all bench-callgrind check-packaging realworld realworld-one
 
 # The virtual environment and the test/build dependencies, once per interpreter.
 $(VENV)/.deps:
@@ -77,16 +77,40 @@ valgrind: install
 	$(VPY) tests/torture.py --runs 0 --build $(VENV)/egtest
 	PYTHONPATH=$(VENV)/egtest $(VPY) -m exitguard.leakcheck -- $(VPY) tests/valgrind_scenarios.py
 
-# Benchmarks (issue 5): figures beside same-run baselines; see docs/performance.md.
-bench: install
-	$(PIP) install --only-binary :all: matplotlib || echo "bench: no matplotlib wheel for $(PYVER): no chart"
-	$(VPY) bench/run.py $(BENCH_ARGS)
+# Benchmarks (issue 17): exitguard beside pybind11, nanobind and Cython (from PyPI,
+# installed by bench/build.py under bench/build) and CPython's own APIs, measured in
+# the same run; see docs/performance.md.  bench-run writes bench/results/<version>.json;
+# bench-report turns every results file into docs/performance.md and the chart.
+bench: bench-run
+	$(MAKE) --no-print-directory bench-report
 
+bench-run: install
+	nice -n 5 $(VPY) bench/run.py $(BENCH_ARGS)
+
+# matplotlib from a wheel only (never a source build): without one, no chart, said so.
+bench-report: $(VENV)/.deps
+	$(PIP) install --only-binary :all: matplotlib || echo "bench-report: no matplotlib wheel for $(PYVER): no chart"
+	$(VPY) bench/report.py
+
+# Every interpreter of make test-all: pyenv's, 3.13.15(t) built from source, and sid's
+# 3.14 and 3.15 in the chroot, whose results come back through EG_SID_EXPORT.
+BENCH_SID_PYTHONS ?= python3.14 python3.15
 bench-all:
-	@for py in $(ALL_PYTHONS); do $(MAKE) --no-print-directory bench PYTHON=$$py || exit 1; done
+	@failed=""; \
+	for py in $(ALL_PYTHONS) $$(.ci/build-cpython.sh 2>/dev/null); do \
+	    $(MAKE) --no-print-directory bench-run PYTHON=$$py || failed="$$failed $$py"; done; \
+	if .ci/sid.sh setup; then for py in $(BENCH_SID_PYTHONS); do \
+	    EG_SID_EXPORT="bench/results bench/build/wheels" .ci/sid.sh run \
+	        make --no-print-directory bench-run PYTHON=$$py || failed="$$failed $$py(sid)"; done; \
+	else failed="$$failed sid-chroot"; fi; \
+	$(MAKE) --no-print-directory bench-report; \
+	if [ -n "$$failed" ]; then echo "bench-all: failed for:$$failed"; exit 1; fi
 
+# Instruction counts of the hot paths under callgrind (bench/callgrind.py): make
+# bench-callgrind prints them and records them in bench/callgrind_baseline.json for
+# this interpreter; the check (tests/test_callgrind_guard.py) fails when one grows.
 bench-callgrind: install
-	$(VPY) bench/callgrind.py
+	$(VPY) bench/callgrind.py --update
 
 # Packaging, once per CI run rather than per interpreter (tests/check_packaging.py):
 # python -m build (the sdist, then the wheel from it), twine check --strict, the wheel

@@ -10,7 +10,11 @@
 #   .ci/sid.sh run CMD...        run CMD in a fresh copy of the work tree inside the
 #                                chroot (/work/run-*, removed afterwards unless
 #                                EG_SID_KEEP is set), with /proc, /dev and the host's
-#                                CA bundle; the exit status is CMD's
+#                                CA bundle; the exit status is CMD's.  EG_SID_EXPORT
+#                                names paths of the copy (relative to the tree, space
+#                                separated) to bring back into the host's tree after
+#                                CMD, whatever its status: make bench-all uses it for
+#                                bench/results and the wheel cache
 #
 # Why a chroot: neither 3.14 nor 3.15 is in pyenv here, and sid is where Debian
 # publishes them.  Facts this script works around (issue 10):
@@ -95,12 +99,19 @@ run() {
     local name; name=run-$$-$(date +%s%N)
     local dest=$ROOT/work/$name
     mkdir -p "$dest"
+    # bench/build/<version> holds the host's builds; only the wheel cache beside
+    # them is worth copying in.
     (cd "$here" && tar --exclude=./.venv --exclude=./build --exclude=./.git \
-        --exclude='./tests/c/build' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
+        --exclude='./tests/c/build' --exclude='./bench/build/[0-9]*' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
     local cmd="cd /work/$name &&"
     for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
     local rc=0
     in_root "$cmd" || rc=$?
+    local p
+    for p in ${EG_SID_EXPORT:-}; do
+        case $p in /*|*..*) echo "sid: EG_SID_EXPORT: $p is not a path inside the tree" >&2; continue ;; esac
+        [ -e "$dest/$p" ] && (cd "$dest" && tar -cf - "$p") | tar -xf - -C "$here"
+    done
     [ -n "${EG_SID_KEEP:-}" ] || rm -rf "$dest"
     return $rc
 }
