@@ -1109,13 +1109,22 @@ b_hold_refs(PyObject *m, PyObject *seq)
 
 static const char egb_logger[] = "egbench";
 
-enum { L_ENABLED, L_DISABLED, L_ENABLED_QUERY, L_BASELINE };
+enum { L_ENABLED, L_DISABLED, L_ENABLED_QUERY, L_BASELINE, L_SITE };
 
 EGB_NOINLINE void
 egb_loop_log(int level, long n)
 {
     for (long i = 0; i < n; i++) {
         eg_log(level, egb_logger, "message %ld from a native thread", i);
+    }
+}
+
+/* EG_LOG: the same message through a call site that keeps the level. */
+EGB_NOINLINE void
+egb_loop_log_site(int level, long n)
+{
+    for (long i = 0; i < n; i++) {
+        EG_LOG(level, "egbench", "message %ld from a native thread", i);
     }
 }
 
@@ -1182,6 +1191,9 @@ lw_main(void *arg)
         case L_ENABLED_QUERY:
             (void)egb_loop_log_enabled(lw.level, lw.n);
             break;
+        case L_SITE:
+            egb_loop_log_site(lw.level, lw.n);
+            break;
         default:
             egb_loop_log_baseline(lw.call, lw.n);
         }
@@ -1195,7 +1207,8 @@ lw_main(void *arg)
 
 /* log_job(mode, level, n[, call]) -> ns per message on the logging thread.
  * mode: 0/1 eg_log (the level decides enabled or not), 2 eg_log_enabled()
- * alone, 3 baseline: attach (kept thread state) + call(fmt, i) + detach. */
+ * alone, 3 baseline: attach (kept thread state) + call(fmt, i) + detach,
+ * 4 EG_LOG (the level kept at its call site). */
 static PyObject *
 b_log_job(PyObject *m, PyObject *args)
 {
@@ -1206,7 +1219,7 @@ b_log_job(PyObject *m, PyObject *args)
     if (!PyArg_ParseTuple(args, "iil|O", &mode, &level, &n, &call)) {
         return NULL;
     }
-    if (n < 1 || mode < L_ENABLED || mode > L_BASELINE
+    if (n < 1 || mode < L_ENABLED || mode > L_SITE
             || (mode == L_BASELINE && call == NULL)) {
         PyErr_SetString(PyExc_ValueError, "bad mode or n, or no callable");
         return NULL;
@@ -1619,6 +1632,7 @@ exec_mod(PyObject *m)
             || PyModule_AddIntConstant(m, "L_DISABLED", L_DISABLED) < 0
             || PyModule_AddIntConstant(m, "L_ENABLED_QUERY",
                                        L_ENABLED_QUERY) < 0
+            || PyModule_AddIntConstant(m, "L_SITE", L_SITE) < 0
             || PyModule_AddIntConstant(m, "L_BASELINE", L_BASELINE) < 0
             || PyModule_AddStringConstant(m, "LOGGER", egb_logger) < 0
             || PyModule_AddStringConstant(m, "EG_VERSION",

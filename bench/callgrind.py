@@ -63,6 +63,8 @@ CASES = [
      "egb_loop_ref_pair", "B.ref_pair({n})", 100_000, True),
     ("log_disabled", "eg_log at a disabled level",
      "egb_loop_log", "B.log_job(B.L_DISABLED, 10, {n})", 100_000, True),
+    ("log_site", "EG_LOG at a disabled level (level kept at the call site)",
+     "egb_loop_log_site", "B.log_job(B.L_SITE, 10, {n})", 100_000, True),
     ("log_enabled_query", "eg_log_enabled at the same level",
      "egb_loop_log_enabled", "B.log_job(B.L_ENABLED_QUERY, 10, {n})", 100_000, True),
 ]
