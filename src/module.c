@@ -1157,6 +1157,47 @@ eg__hook_fork(PyObject *module)
 
 /* ---- Module lifecycle ---------------------------------------------------------- */
 
+/* Phase 2 when no hook ran it, from the interpreter's teardown.  Attached.
+ * exitguard first imported by an exit handler misses atexit, which never
+ * runs a callback registered while it runs its callbacks (realworld/
+ * arrow_38626_import_at_exit): the teardown is then the last moment the
+ * interpreter is whole enough to release what native code holds.  Two
+ * moments, whichever comes first: the module's dict is cleared
+ * (`_teardown` below; 3.9 clears the dicts of modules it never frees) and
+ * the module is freed (m_free).  `from_dict`: only in the teardown (the
+ * runtime finalizing, or sys.modules no longer listing us) -- a `del` of
+ * the attribute must not stop a live interpreter. */
+static void
+eg__late_phase2(eg__interp *in, int from_dict)
+{
+    if (atomic_load(&in->state) == EG_STOPPED || eg__interp_modules(in) != 1) {
+        return;
+    }
+    if (from_dict && !Py_IsFinalizing()) {
+        PyObject *mods = PyImport_GetModuleDict();      /* borrowed */
+        PyObject *m = mods && PyDict_Check(mods)
+            ? PyDict_GetItemString(mods, "exitguard._core") : NULL;
+        int listed = m != NULL && m != Py_None;
+        PyErr_Clear();
+        if (listed) {
+            return;
+        }
+    }
+    eg__run_phase2(in);
+}
+
+static void
+eg__teardown_destructor(PyObject *capsule)
+{
+    eg__interp *in = PyCapsule_GetPointer(capsule, "exitguard._teardown");
+    if (in != NULL) {
+        eg__late_phase2(in, 1);
+    }
+    else {
+        PyErr_Clear();
+    }
+}
+
 static int
 eg_exec(PyObject *module)
 {
@@ -1249,6 +1290,10 @@ eg_exec(PyObject *module)
     }
     int rc = PyModule_AddObjectRef(module, "_C_API", capsule);
     Py_DECREF(capsule);
+    PyObject *teardown = rc < 0 ? NULL
+        : PyCapsule_New(st->rec, "exitguard._teardown", eg__teardown_destructor);
+    rc = teardown ? PyModule_AddObjectRef(module, "_teardown", teardown) : -1;
+    Py_XDECREF(teardown);
     if (rc < 0
         || PyModule_AddStringConstant(module, "__version__",
                                       EG_VERSION_STRING) < 0
@@ -1301,15 +1346,8 @@ eg_free(void *module)
 {
     eg__modstate *st = (eg__modstate *)PyModule_GetState((PyObject *)module);
     (void)eg_clear((PyObject *)module);
-    /* The last module of its interpreter is freed in the interpreter's
-     * teardown.  If phase 2 has not run by then -- exitguard was first
-     * imported by an exit handler, and atexit never runs a callback
-     * registered while it runs its callbacks (realworld/
-     * arrow_38626_import_at_exit) -- this is the last moment the
-     * interpreter is whole enough to release what native code holds. */
-    if (st != NULL && st->rec != NULL && eg__interp_modules(st->rec) == 1
-            && atomic_load(&st->rec->state) != EG_STOPPED) {
-        eg__run_phase2(st->rec);
+    if (st != NULL && st->rec != NULL) {
+        eg__late_phase2(st->rec, 0);
     }
     if (st != NULL && st->rec != NULL) {
         eg__interp_release(st->rec);

@@ -9,7 +9,7 @@ tests/realworld/results/<interpreter>.json; then docs/realworld.md is regenerate
 
     REALWORLD_RUNS=10       runs per scenario and build (default 10)
     REALWORLD_PYTHONS="..." these interpreters instead of the tiers (host paths)
-    REALWORLD_ONLY="a b"    only these scenarios; their entries replace the old ones
+    REALWORLD_ONLY="a,b"    only these scenarios; their entries replace the old ones
     EG_TIERS="pyenv source sid"
 
 A tier that cannot be set up here is reported and skipped; its old results file,
@@ -81,6 +81,8 @@ def interpreters():
 def run_one(label, prefix, python, runs):
     cmd = prefix + ["make", "--no-print-directory", "realworld-one", "PYTHON=" + python,
                     "REALWORLD_RUNS=%d" % runs]
+    if os.environ.get("REALWORLD_ONLY"):         # on the command line: the chroot's env is its own
+        cmd.append("REALWORLD_ONLY=" + ",".join(os.environ["REALWORLD_ONLY"].replace(",", " ").split()))
     log("%s: %s" % (label, " ".join(cmd)))
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, text=True)
