@@ -253,9 +253,10 @@ SCENARIOS = [
               "a callback registered while it runs its callbacks, so neither phase ran: the "
               "static exitguard::ref's release in exit() queued its decref and called "
               "Py_AddPendingCall on the freed interpreter (SIGSEGV on 3.9-3.12; a silent leak "
-              "on 3.13+).  Now the last exitguard module of an interpreter runs phase 2 from "
-              "its m_free, in the interpreter's teardown, when no hook did; and no decref "
-              "goes through Py_AddPendingCall any more (the kicker).",
+              "on 3.13+).  Now, when no hook ran it, phase 2 runs in the interpreter's teardown "
+              "-- when exitguard's module dict is cleared or the module freed, whichever "
+              "comes first (3.9 never frees it); and no decref goes through "
+              "Py_AddPendingCall any more (the kicker).",
     ),
     Scenario(
         "viztracer_687_tls",
