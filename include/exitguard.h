@@ -586,12 +586,17 @@ eg_import(void)
  * contract fails -- an error code (-ENOSYS), NULL (with RuntimeError when
  * the caller is attached by contract), or nothing done for the void ones
  * (eg_decref/eg_ref_release: the reference is kept, not dropped wrongly). */
+/* EG__SITE_INLINE: a wrapper whose caller exitguard records (eg_ref_new's
+ * creation site, for the leak report) is inlined even at -O0/-Og, so that
+ * the recorded return address lies in the caller, not in this header. */
 #if defined(__GNUC__)
 #  define EG__NOT_IMPORTED_ATTR __attribute__((cold, noinline, unused))
 #  define EG__IMPORTED() __builtin_expect(eg__capi_table != NULL, 1)
+#  define EG__SITE_INLINE inline __attribute__((always_inline))
 #else
 #  define EG__NOT_IMPORTED_ATTR
 #  define EG__IMPORTED() (eg__capi_table != NULL)
+#  define EG__SITE_INLINE inline
 #endif
 #if defined(__BASE_FILE__)
 #  define EG__THIS_FILE __BASE_FILE__
@@ -622,7 +627,7 @@ eg__not_imported_raise(const char *fn)
                  fn, EG__THIS_FILE);
 }
 
-static inline eg_ref *eg_ref_new(PyObject *obj)
+static EG__SITE_INLINE eg_ref *eg_ref_new(PyObject *obj)
 {
     if (!EG__IMPORTED()) { eg__not_imported_raise("eg_ref_new"); return NULL; }
     return eg__capi_table->ref_new(obj);
