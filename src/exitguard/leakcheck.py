@@ -199,8 +199,8 @@ def main(argv=None):
         bad = bad or mine
         print("  %-60s %s%d definite leak(s) (%d bytes), %d invalid access(es)"
               % (obj, "" if mine else "[CPython] ", g["leaks"], g["bytes"], g["invalid"]))
-        for e in g["examples"]:
-            for line in e:
+        for example in g["examples"]:
+            for line in example:
                 print("      " + line)
     if bad:
         print("leakcheck: FAILED: leaks or invalid accesses outside CPython")
