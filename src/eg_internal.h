@@ -67,6 +67,23 @@
 #  define EG__TLS_IE
 #endif
 
+/* ---- Handle quarantine ---------------------------------------------------
+ * eg_stopper and eg_thread handles carry a magic, so that a second remove or
+ * join of one is told apart.  EG__QUARANTINE: freed handles are never given
+ * back to malloc, so that check always reads memory that is still ours --
+ * in EG_DEBUG builds (which then abort naming the misuse) and under
+ * AddressSanitizer (which would call the check itself a use after free). */
+#if defined(__SANITIZE_ADDRESS__)
+#  define EG__ASAN 1
+#elif defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define EG__ASAN 1
+#  endif
+#endif
+#if defined(EG_DEBUG) || defined(EG__ASAN)
+#  define EG__QUARANTINE 1
+#endif
+
 /* ---- Locks that cannot fail -----------------------------------------------
  * A failing pthread_mutex_lock() means a corrupted mutex; there is nothing to
  * recover, so these abort (libuv's uv_mutex_lock does the same). */

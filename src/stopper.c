@@ -39,8 +39,8 @@
 enum { EG_STOPPER_PENDING, EG_STOPPER_RUNNING, EG_STOPPER_DONE };
 
 /* A handle's magic: live until freed.  A second eg_stopper_remove of the
- * same handle is told apart while the memory is not reused; debug builds
- * never reuse it. */
+ * same handle is told apart while the memory is not reused; debug and ASan
+ * builds never reuse it (EG__QUARANTINE). */
 #define EG__STOPPER_LIVE 0x73746f7070657267ull
 #define EG__STOPPER_DEAD 0x646561647374706full
 
@@ -156,10 +156,11 @@ eg__stopper_free(struct eg_stopper *s)
     free(s->label);
     s->preds = NULL;
     s->label = NULL;
-#ifndef EG_DEBUG
+#ifndef EG__QUARANTINE
     free(s);
 #endif
-    /* EG_DEBUG: quarantined, so that a second remove is always caught. */
+    /* EG__QUARANTINE (eg_internal.h): kept, so that a second remove is
+     * always caught. */
 }
 
 /* The handle is one of ours and not freed (as far as can be told).  Debug

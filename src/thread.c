@@ -37,7 +37,8 @@
 double eg__join_timeout = 10.0;
 
 /* A handle's magic: live until freed.  A join of a freed handle is told
- * apart while the memory is not reused; debug builds never reuse it. */
+ * apart while the memory is not reused; debug and ASan builds never reuse
+ * it (EG__QUARANTINE). */
 #define EG__THREAD_LIVE 0x7468726561646567ull   /* "egdaerht" */
 #define EG__THREAD_DEAD 0x646165646164656cull
 
@@ -168,10 +169,11 @@ eg__thread_free(struct eg_thread *t)
     t->magic = EG__THREAD_DEAD;
     free(t->name);
     t->name = NULL;
-#ifndef EG_DEBUG
+#ifndef EG__QUARANTINE
     free(t);
 #endif
-    /* EG_DEBUG: quarantined, so that a second join is always caught. */
+    /* EG__QUARANTINE (eg_internal.h): kept, so that a second join is
+     * always caught. */
 }
 
 /* Under the lock: add to the registry (it and the owner hold refs). */
