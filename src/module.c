@@ -922,8 +922,8 @@ eg_py_phase1(PyObject *module, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* Phase 2 of `in`, attached to it: from the atexit hook, or from m_free
- * after a late import. */
+/* Phase 2 of `in`, attached to it: from the atexit hook, or from the
+ * interpreter's teardown when no hook ran it (eg__late_phase2). */
 static void
 eg__run_phase2(eg__interp *in)
 {
