@@ -391,6 +391,10 @@ void eg__tstates_reap(eg__interp *in);
  * guards that threads which vanished with the fork held (3.15). */
 void eg__gate_close_fork_orphans(eg__interp *in);
 const char *eg__gate_state_name(eg__gate *g);
+/* The calling thread: refuse its attaches once *flag is nonzero (thread.c
+ * binds its eg_thread's `abandoned` flag for the threads it starts; NULL
+ * unbinds).  No GIL needed. */
+void eg__gate_bind_abandoned(const _Atomic int *flag);
 
 /* ---- Native threads (thread.c) ------------------------------------------- */
 
@@ -414,8 +418,6 @@ size_t eg__threads_live(eg__interp *in);
 /* Record reuse: no thread registered (none abandoned either); reopen. */
 int eg__threads_reusable(eg__threads *th);
 void eg__threads_reset(eg__threads *th);
-/* The calling thread was abandoned at exit: it may not attach again. */
-int eg__thread_self_abandoned(void);
 
 /* EXITGUARD_JOIN_TIMEOUT in seconds (default 10), read once per process. */
 extern double eg__join_timeout;
@@ -486,6 +488,12 @@ struct eg__interp {
 /* The main interpreter's record, or NULL: the target of eg_decref() from
  * threads that are not attached. */
 extern _Atomic(eg__interp *) eg__main_record;
+/* The records list (record.c): newest first, linked through next_record;
+ * eg__records and eg__nrecords (records ever allocated) are protected by
+ * eg__records_lock, which interp.c holds to link a record in. */
+extern pthread_mutex_t eg__records_lock;
+extern eg__interp *eg__records;
+extern _Atomic uint64_t eg__nrecords;
 
 /* Attached: the record of the calling thread's interpreter, or NULL when
  * exitguard was never imported in it (no exception set). */

@@ -184,24 +184,6 @@ eg__gate_state_name(eg__gate *g)
     }
 }
 
-struct timespec
-eg__deadline(double seconds)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    if (seconds < 0 || seconds > 1e9) {
-        seconds = 1e9;      /* "forever": thirty years */
-    }
-    double whole = floor(seconds);
-    ts.tv_sec += (time_t)whole;
-    ts.tv_nsec += (long)((seconds - whole) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* ---- Thread-state cache ---------------------------------------------------- */
 
 typedef struct {
@@ -473,6 +455,20 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
     return eg__gil_ensure_record(in, NULL, 0, st);
 }
 
+/* The calling thread's "abandoned at exit" flag, bound by thread.c for
+ * the threads exitguard starts (NULL for every other thread): once set, the
+ * thread may not attach again.  Read relaxed: the flag only ever goes 0 ->
+ * 1, and a stale 0 lets one more attach through the gate, which is still
+ * open or refuses it by itself. */
+static _Thread_local const _Atomic int *eg__self_abandoned EG__TLS_IE;
+
+void
+eg__gate_bind_abandoned(const _Atomic int *flag)
+{
+    eg__self_abandoned = flag;
+}
+
+
 int
 eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
                       eg_gil *st)
@@ -488,7 +484,8 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
         atomic_fetch_add_explicit(&g->attach_ok, 1, memory_order_relaxed);
         return 0;
     }
-    if (eg__thread_self_abandoned()) {
+    if (eg__self_abandoned != NULL
+            && atomic_load_explicit(eg__self_abandoned, memory_order_relaxed)) {
         goto refused;
     }
     /* Attached to another interpreter: step out of it first -- entering

@@ -45,68 +45,6 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-_Atomic(eg__interp *) eg__main_record;
-
-/* pthread_self() of the main interpreter's main thread, or 0. */
-static _Atomic(unsigned long) eg__main_ident;
-
-void
-eg__set_main_thread(unsigned long ident)
-{
-    atomic_store(&eg__main_ident, ident);
-}
-
-int
-eg__on_main_thread(void)
-{
-    return atomic_load(&eg__main_ident) == (unsigned long)pthread_self();
-}
-
-int
-eg__is_phase_thread(eg__interp *in)
-{
-    return atomic_load(&in->phase_thread) == (unsigned long)pthread_self();
-}
-
-static pthread_mutex_t eg__records_lock = PTHREAD_MUTEX_INITIALIZER;
-static eg__interp *eg__records;     /* under eg__records_lock */
-static _Atomic uint64_t eg__nrecords;   /* records ever allocated */
-
-uint64_t
-eg__records_allocated(void)
-{
-    return atomic_load_explicit(&eg__nrecords, memory_order_relaxed);
-}
-
-/* Attached thread's cache: the record of the interpreter it last asked
- * about.  Never dangling (records are immortal). */
-static _Thread_local eg__interp *eg__cached_record EG__TLS_IE;
-
-eg__interp *
-eg__interp_current(void)
-{
-    PyInterpreterState *pyinterp = PyInterpreterState_Get();
-    eg__interp *in = eg__cached_record;
-    if (EG_LIKELY(in != NULL
-                  && atomic_load_explicit(&in->pyinterp,
-                                          memory_order_acquire) == pyinterp)) {
-        return in;
-    }
-    int64_t id = PyInterpreterState_GetID(pyinterp);
-    eg__mutex_lock(&eg__records_lock);
-    for (in = eg__records; in != NULL; in = in->next_record) {
-        if (atomic_load_explicit(&in->pyinterp, memory_order_relaxed)
-                == pyinterp && in->id == id) {
-            break;
-        }
-    }
-    eg__mutex_unlock(&eg__records_lock);
-    if (in != NULL) {
-        eg__cached_record = in;
-    }
-    return in;
-}
-
 #if EG_SUBINTERP_ANCHOR
 typedef struct {
     PyInterpreterState *pyinterp;
@@ -276,15 +214,6 @@ eg__interp_acquire(void)
     return in;
 }
 
-eg__interp *
-eg__interps_first(void)
-{
-    eg__mutex_lock(&eg__records_lock);
-    eg__interp *in = eg__records;
-    eg__mutex_unlock(&eg__records_lock);
-    return in;
-}
-
 /* Attached: how many exitguard modules of `in`'s interpreter are alive. */
 int
 eg__interp_modules(eg__interp *in)
@@ -318,20 +247,6 @@ eg__interp_release(eg__interp *in)
  * that needs the GIL the forking thread holds; the child re-creates the
  * locks instead (CPython does the same with its own, _PyRuntimeState_
  * ReInitThreads). */
-void
-eg__reopen_eventfd(int fd)
-{
-    if (fd < 0) {
-        return;
-    }
-    int fresh = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (fresh >= 0) {
-        if (fresh != fd) {
-            (void)dup3(fresh, fd, O_CLOEXEC);
-            close(fresh);
-        }
-    }
-}
 
 /* EXITGUARD_FORK_TIMEOUT: how long os.fork() waits for native threads to
  * leave CPython (seconds, default 2). */
@@ -408,7 +323,7 @@ eg__atfork_child(void)
     eg__kicker_after_fork_child();
     /* The forking thread is the child's main thread now (CPython makes it
      * so in PyOS_AfterFork_Child). */
-    atomic_store(&eg__main_ident, (unsigned long)pthread_self());
+    eg__set_main_thread((unsigned long)pthread_self());
     for (eg__interp *in = eg__records; in != NULL; in = in->next_record) {
         eg__decref_after_fork_child(in);
         eg__registry_after_fork_child(&in->refs);

@@ -644,14 +644,6 @@ eg__registry_sweep(eg__interp *in, int track)
 
 /* ---- Errors ---------------------------------------------------------------- */
 
-void
-eg__fatal(const char *msg)
-{
-    fprintf(stderr, "exitguard: fatal: %s\n", msg);
-    fflush(stderr);
-    abort();
-}
-
 const char *
 eg_strerror(int err)
 {

@@ -53,18 +53,6 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *
-eg__state_name(int state)
-{
-    switch (state) {
-    case EG_RUNNING:   return "running";
-    case EG_STOPPING:  return "stopping";
-    case EG_RELEASING: return "releasing";
-    case EG_STOPPED:   return "stopped";
-    default:           return "invalid";
-    }
-}
-
 void
 eg__phase1(eg__interp *in)
 {

@@ -134,8 +134,10 @@ eg__thread_main(void *p)
     struct eg_thread *t = p;
     eg__threads *th = &t->interp->threads;
     eg__self = t;
+    eg__gate_bind_abandoned(&t->abandoned);
     t->run(t->arg);
     eg__tstates_release_self();   /* hands its states over; never attaches */
+    eg__gate_bind_abandoned(NULL);
     eg__self = NULL;        /* t may be freed once `ended` is set */
     eg__mutex_lock(&th->lock);
     t->ended = 1;
@@ -271,14 +273,6 @@ eg_thread_stop_requested(void)
 {
     struct eg_thread *t = eg__self;
     return t != NULL && atomic_load_explicit(&t->stop_requested,
-                                             memory_order_relaxed);
-}
-
-int
-eg__thread_self_abandoned(void)
-{
-    struct eg_thread *t = eg__self;
-    return t != NULL && atomic_load_explicit(&t->abandoned,
                                              memory_order_relaxed);
 }
 
