@@ -1,5 +1,5 @@
 /*
- * wait.c -- eg_event: an event native threads and signal handlers set, and
+ * event.c -- eg_event: an event native threads and signal handlers set, and
  * that Python code waits on with the GIL released and Ctrl-C honoured.
  *
  * CAUTION: eg_event_set/clear/is_set run on any thread and inside signal
