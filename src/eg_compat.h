@@ -357,4 +357,14 @@ eg__wait_end(PyThreadState *ts)
 #  define EG_FREE_THREADED 0
 #endif
 
+/* ---- Type flags ------------------------------------------------------------
+ * Py_TPFLAGS_IMMUTABLETYPE (3.10, bpo-43908): exitguard's heap types refuse
+ * attribute assignment, as static types always did.  3.9 has no such flag;
+ * there the types stay mutable. */
+#if PY_VERSION_HEX >= 0x030A0000
+#  define EG__TPFLAGS_IMMUTABLE Py_TPFLAGS_IMMUTABLETYPE
+#else
+#  define EG__TPFLAGS_IMMUTABLE 0
+#endif
+
 #endif /* EG_COMPAT_H */
