@@ -5,7 +5,7 @@
  *
  * The central object is the per-interpreter record, eg__interp: one for each
  * interpreter that imports exitguard, holding that interpreter's reference
- * registry (registry.c), deferred-decref queue (decref_queue.c), exit
+ * registry (registry.c), deferred-decref queue (decref.c), exit
  * stoppers (stopper.c) and stop state machine (shutdown.c).  interp.c finds
  * the record of the calling thread's interpreter.
  *
@@ -124,7 +124,7 @@ typedef enum {
     EG_STOPPED = 3,     /* phase 2 is done: Python is never touched again */
 } eg__state;
 
-/* ---- Deferred-decref queue (decref_queue.c) ------------------------------ */
+/* ---- Deferred-decref queue (decref.c, decref_drain.c) -------------------- */
 
 #define EG_SEG_SIZE 1022u     /* slots per segment: a segment is 8 KiB */
 
@@ -160,7 +160,7 @@ typedef struct eg__lane {
 typedef struct {
     _Atomic(eg__lane *) lanes;      /* lock-free push-only list head */
     /* 1 while the queue may hold undrained decrefs and a drain has been
-     * requested; see the protocol in decref_queue.c. */
+     * requested; see the protocol in decref.c. */
     alignas(EG_CACHELINE) _Atomic int requested;
     _Atomic int draining;           /* single-consumer claim */
     _Atomic int kick_listed;        /* on the kicker's list (kick_next) */
@@ -289,11 +289,39 @@ uint64_t eg__registry_live(eg__registry *reg);
 /* Record reuse (interp.c): no slot is handed out; reset the counters. */
 int eg__registry_reusable(eg__registry *reg);
 void eg__registry_reset(eg__registry *reg);
-/* Attached to the record's interpreter, in phase 2: release every
- * registered object.  With `track`, each swept reference keeps the leak
- * report's entry for its type and creation site until its owner releases
- * it (report.c). */
+/* The phase 2 sweep (registry_sweep.c).  Attached to the record's
+ * interpreter, in phase 2: release every registered object.  With
+ * `track`, each swept reference keeps the leak report's entry for its type
+ * and creation site until its owner releases it (report.c).  Returns 0. */
 int eg__registry_sweep(eg__interp *in, int track);
+
+/* The leak report's mark in a slot's obj (registry.c's DESIGN says why):
+ * the report's entry tagged with bit 0, or the bare tag while the sweep
+ * looks the entry up.  Shared by the registry and its sweep; pure bit
+ * operations, any thread, no GIL.  eg__is_mark: whether p is a mark (an
+ * entry's or the bare one) rather than an object or NULL; eg__mark: the
+ * mark of entry l; eg__mark_entry: the entry of mark p (NULL for the bare
+ * mark). */
+static inline int
+eg__is_mark(PyObject *p)
+{
+    return ((uintptr_t)p & 1u) != 0;
+}
+
+static inline PyObject *
+eg__mark(eg__leak *l)
+{
+    return (PyObject *)((uintptr_t)l | 1u);
+}
+
+/* The mark of a slot the sweep has taken and not yet counted. */
+#define EG__MARK_BARE ((PyObject *)(uintptr_t)1u)
+
+static inline eg__leak *
+eg__mark_entry(PyObject *p)
+{
+    return (eg__leak *)((uintptr_t)p & ~(uintptr_t)1u);
+}
 
 /* ---- Exit stoppers (stopper.c) ------------------------------------------- */
 

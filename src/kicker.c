@@ -23,7 +23,7 @@
  *
  * So the queue does something much smaller: the push that finds the queue
  * idle puts the interpreter's record on the kicker's list (a lock-free
- * stack in decref_queue.c) and writes the kicker's eventfd.  The kicker
+ * stack in decref.c) and writes the kicker's eventfd.  The kicker
  * wakes, waits EG__KICK_COALESCE_MS so that a burst of pushes is applied in
  * one go (a producer is then not interrupted, with its membarrier, per
  * push), takes the whole list, and attaches to each interpreter through its

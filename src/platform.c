@@ -1,6 +1,7 @@
 /*
  * platform.c -- the operating-system helpers every layer uses: fatal errors,
- * monotonic deadlines, and fresh eventfds for a forked child.
+ * monotonic deadlines, fresh eventfds for a forked child, and the names of
+ * the public API's negative errno values (eg_strerror).
  *
  * Bottom layer: nothing here knows an interpreter or calls up into
  * exitguard.  Everything here is libc only and may run without a thread
@@ -8,6 +9,7 @@
  */
 #include "eg_internal.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <sys/eventfd.h>
@@ -53,4 +55,38 @@ eg__deadline(double seconds)
         ts.tv_nsec -= 1000000000L;
     }
     return ts;
+}
+
+/* ---- Errors ---------------------------------------------------------------- */
+
+const char *
+eg_strerror(int err)
+{
+    switch (err) {
+    case 0:
+        return "success";
+    case -EINVAL:
+        return "invalid argument";
+    case -ENOMEM:
+        return "out of memory";
+    case -ESHUTDOWN:
+        return "exitguard is stopping or has stopped in this interpreter";
+    case -ETIMEDOUT:
+        return "timed out";
+    case -EDEADLK:
+        return "the ordering would form a cycle";
+    case -EALREADY:
+        return "already running or done";
+    case -EAGAIN:
+        return "resource temporarily unavailable";
+    case -EBUSY:
+        return "busy";
+    case -ENOSYS:
+        return "exitguard is not imported here (call eg_import() first)";
+    case -EINTR:
+        return "interrupted: a Python signal handler raised (its exception "
+               "is set)";
+    default:
+        return "unknown exitguard error";
+    }
 }

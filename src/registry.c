@@ -1,8 +1,9 @@
 /*
  * registry.c -- native references (eg_ref): strong references that native
  * code holds, registered per interpreter so that phase 2 can release every
- * one still held while the interpreter is whole.  Also the two small entry
- * points built on the queue: eg_decref() and eg_flush().
+ * one still held while the interpreter is whole (the sweep itself is
+ * registry_sweep.c).  Also the two small entry points built on the queue:
+ * eg_decref() and eg_flush().
  *
  * CAUTION: eg_ref_release() and the slot free list run on any thread, with
  * no thread state, at any time -- also after Py_FinalizeEx().  That path
@@ -60,8 +61,6 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 /* ---- Slot addressing ------------------------------------------------------- */
 
@@ -183,7 +182,7 @@ eg__ref_pop(eg__interp *in)
  * back to its record's free list when the thread switches records, fills
  * up, or exits; a forked child loses the caches of the threads that did
  * not survive (at most EG__REF_CACHE slots each, never handed out again).
- * initial-exec TLS: a load from %fs, as the decref lanes' (decref_queue.c). */
+ * initial-exec TLS: a load from %fs, as the decref lanes' (decref.c). */
 #define EG__REF_CACHE 32u
 
 typedef struct {
@@ -300,27 +299,6 @@ eg__ref_free(eg__registry *reg, eg_ref *s)
 }
 
 /* ---- The leak report's mark ------------------------------------------- */
-
-static inline int
-eg__is_mark(PyObject *p)
-{
-    return ((uintptr_t)p & 1u) != 0;
-}
-
-static inline PyObject *
-eg__mark(eg__leak *l)
-{
-    return (PyObject *)((uintptr_t)l | 1u);
-}
-
-/* The mark of a slot the sweep has taken and not yet counted. */
-#define EG__MARK_BARE ((PyObject *)(uintptr_t)1u)
-
-static inline eg__leak *
-eg__mark_entry(PyObject *p)
-{
-    return (eg__leak *)((uintptr_t)p & ~(uintptr_t)1u);
-}
 
 /* What an exchange took out of a slot, for its taker (any thread): the
  * object to drop, or NULL -- a mark is uncounted (phase 2 dropped the
@@ -561,117 +539,4 @@ eg__registry_live(eg__registry *reg)
         }
     }
     return live;
-}
-
-/* Phase 2, attached: take slot s's object for the sweep, or NULL when its
- * owner released it first.  With `track`, leave the leak report's mark. */
-static PyObject *
-eg__sweep_take(eg__registry *reg, eg_ref *s, int track, void **cache)
-{
-    /* A slot whose owner is releasing it (or that is free) is the owner's:
-     * after the sweep's heavy fence, an owner that said so before it saw
-     * the state below RELEASING and takes the object without an RMW. */
-    if (atomic_load_explicit(&s->next_free, memory_order_relaxed)
-            != EG__REF_HANDED_OUT) {
-        return NULL;
-    }
-    PyObject *obj = atomic_load_explicit(&s->obj, memory_order_relaxed);
-    if (obj == NULL || eg__is_mark(obj)) {
-        return NULL;
-    }
-    if (!track) {
-        return atomic_exchange_explicit(&s->obj, NULL, memory_order_acq_rel);
-    }
-    /* Take the object with a bare mark first, so that it is ours while its
-     * type is looked at.  A CAS on the object seen, never an exchange: a
-     * slot its owner freed in between must stay NULL.  A failed CAS reloads
-     * obj: NULL (released), or an object a racing eg_ref_new registered. */
-    while (!atomic_compare_exchange_weak_explicit(
-               &s->obj, &obj, EG__MARK_BARE,
-               memory_order_acq_rel, memory_order_relaxed)) {
-        if (obj == NULL || eg__is_mark(obj)) {
-            return NULL;
-        }
-    }
-    /* Count it, then publish the entry.  If the owner released the handle
-     * in between (it took the bare mark), the CAS fails: uncount it. */
-    eg__leak *l = eg__leak_entry(reg, cache, obj, s->site);
-    atomic_fetch_add_explicit(&l->outstanding, 1, memory_order_relaxed);
-    PyObject *bare = EG__MARK_BARE;
-    if (!atomic_compare_exchange_strong_explicit(
-            &s->obj, &bare, eg__mark(l),
-            memory_order_acq_rel, memory_order_relaxed)) {
-        eg__leak_forget(l);
-    }
-    return obj;
-}
-
-int
-eg__registry_sweep(eg__interp *in, int track)
-{
-    eg__registry *reg = &in->refs;
-    void *cache = NULL;
-    atomic_store(&reg->swept_pid, (int)getpid());
-    /* The state reads RELEASING (shutdown.c): order that before every load
-     * of a slot, in every thread's view (the heavy side of eg_ref_new's and
-     * eg_ref_release's pairs).  If membarrier let us down, light fences that
-     * ran just before were full ones for nobody: give their stores the time
-     * they need to land (nanoseconds; a millisecond here) before looking. */
-    if (eg__fence_heavy() < 0) {
-        struct timespec ms = {0, 1000000L};
-        EG__BEGIN_WAIT
-        nanosleep(&ms, NULL);
-        EG__END_WAIT
-        eg__full_fence();
-    }
-    uint32_t nchunks = atomic_load_explicit(&reg->nchunks,
-                                            memory_order_acquire);
-    for (uint32_t k = 0; k < nchunks; k++) {
-        eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
-                                             memory_order_acquire);
-        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
-            PyObject *obj = eg__sweep_take(reg, &chunk[i], track, &cache);
-            if (obj != NULL) {
-                atomic_fetch_add_explicit(&reg->swept, 1,
-                                          memory_order_relaxed);
-                Py_DECREF(obj);
-            }
-        }
-    }
-    eg__leak_cache_free(cache);
-    return 0;
-}
-
-/* ---- Errors ---------------------------------------------------------------- */
-
-const char *
-eg_strerror(int err)
-{
-    switch (err) {
-    case 0:
-        return "success";
-    case -EINVAL:
-        return "invalid argument";
-    case -ENOMEM:
-        return "out of memory";
-    case -ESHUTDOWN:
-        return "exitguard is stopping or has stopped in this interpreter";
-    case -ETIMEDOUT:
-        return "timed out";
-    case -EDEADLK:
-        return "the ordering would form a cycle";
-    case -EALREADY:
-        return "already running or done";
-    case -EAGAIN:
-        return "resource temporarily unavailable";
-    case -EBUSY:
-        return "busy";
-    case -ENOSYS:
-        return "exitguard is not imported here (call eg_import() first)";
-    case -EINTR:
-        return "interrupted: a Python signal handler raised (its exception "
-               "is set)";
-    default:
-        return "unknown exitguard error";
-    }
 }

@@ -10,7 +10,7 @@
  * reference count: Py_DECREF only decrements them, so at the end every object
  * must have lost exactly one reference per push: nothing lost, nothing applied
  * twice.  With STRESS_FAIL_ALLOC, one allocation in FAIL_EVERY fails (the
- * allocator is interposed in decref_queue.c through stress_hooks.h), which
+ * allocator is interposed in decref.c through stress_hooks.h), which
  * drives pushes through the spill path.
  *
  * The consumer drains attached, as the core requires: the process initialises

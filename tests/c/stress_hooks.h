@@ -1,4 +1,4 @@
-/* stress_hooks.h -- force-included into decref_queue.c for the stress test
+/* stress_hooks.h -- force-included into decref.c for the stress test
  * with STRESS_FAIL_ALLOC: every FAIL_EVERY-th allocation fails, so pushes take
  * the spill path.  Not part of exitguard. */
 #ifdef STRESS_FAIL_ALLOC
