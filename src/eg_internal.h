@@ -453,7 +453,13 @@ extern double eg__join_timeout;
 /* Absolute CLOCK_MONOTONIC deadline `seconds` from now (< 0: none). */
 struct timespec eg__deadline(double seconds);
 
-/* ---- Logging (logring.c) ------------------------------------------------- */
+/* ---- Logging (log.c, log_forwarder.c) ----------------------------------- */
+
+/* Any thread, no thread state (eg_vlog, after publishing, while `started`
+ * reads 0): create the forwarder thread once, under start_lock, unless
+ * phase 2 has stopped logging; if pthread_create fails `started` stays 0
+ * and the next message tries again.  Returns nothing.  log_forwarder.c. */
+void eg__log_start_forwarder(void);
 
 void eg__log_process_init(void);
 int eg__log_init_main(void);       /* main interpreter's exec, attached */

@@ -1,4 +1,4 @@
-"""Delivery of native log messages into :mod:`logging` (used by src/logring.c).
+"""Delivery of native log messages into :mod:`logging` (used by src/log_forwarder.c).
 
 The C forwarder calls :func:`deliver` attached to the main interpreter, once per
 batch.  Records keep the native thread's name and id and the time the message was

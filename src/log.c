@@ -1,11 +1,15 @@
 /*
- * logring.c -- logging from native threads into Python's logging, without
- * ever blocking the native thread or taking the GIL on its behalf.
+ * log.c -- logging from native threads into Python's logging, without
+ * ever blocking the native thread or taking the GIL on its behalf: the
+ * public entry points (eg_log, eg_vlog, eg_log_enabled,
+ * eg_log_site_enabled), the producer side of the ring, the level cache,
+ * process setup, fork and the counters.  The consumer -- the forwarder
+ * thread, delivery into Python's logging, the drain at exit -- is
+ * log_forwarder.c, which this file calls and which never calls back.
  *
  * CAUTION: eg_log/eg_vlog and everything they call run on any thread with
  * no thread state.  Only libc, atomics and raw malloc (once per logger
- * name) there.  The forwarder attaches through the gate before it touches
- * Python; eg__log_levels_changed and eg__log_stop_and_drain run attached.
+ * name) there.  eg__log_levels_changed runs attached.
  *
  * DESIGN
  *
@@ -51,10 +55,9 @@
  *   levels_changed     | attached (main)         | lookups (relaxed stores)
  */
 #include "eg_internal.h"
+#include "log_state.h"
 
 #include <errno.h>
-#include <poll.h>
-#include <sched.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -62,9 +65,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EG_LOG_SLOT_MSG 432          /* bytes of message text per slot */
-#define EG_LOG_LEVELS 1024           /* level-cache entries (2^n) */
-#define EG_LOG_BATCH 256             /* messages per attach */
 #define EG_LOG_TRUNC "...[truncated]"
 
 /* Entry keys: the name's hash with bit 1 set, so that 0 (free) and 1 (being
@@ -72,52 +72,9 @@
 #define EG__LOGKEY_FREE    0ull
 #define EG__LOGKEY_FILLING 1ull
 
-typedef struct {
-    _Atomic uint64_t key;            /* hash | 2; or FREE, FILLING */
-    _Atomic int threshold;           /* 0: unknown */
-    uint32_t len;                    /* set before key publishes */
-    char *name;                      /* our copy, set before key publishes */
-} eg__loglevel;
-
-typedef struct {
-    _Atomic uint64_t seq;
-    int level;
-    uint32_t len;
-    eg__loglevel *logger;            /* NULL: the cache was full */
-    char logger_name[48];            /* then a copy of the name (cut) */
-    unsigned long tid;
-    double created;
-    char thread[16];
-    char msg[EG_LOG_SLOT_MSG];
-} eg__logslot;
-
-static struct {
-    eg__loglevel levels[EG_LOG_LEVELS];
-    eg__logslot *slots;
-    uint64_t mask;
-    alignas(EG_CACHELINE) _Atomic uint64_t enqueue_pos;
-    alignas(EG_CACHELINE) uint64_t dequeue_pos;       /* consumer only */
-    alignas(EG_CACHELINE) _Atomic int sleeping;       /* forwarder idle */
-    int efd;
-    _Atomic int started;             /* forwarder thread created */
-    _Atomic int stop;                /* forwarder must exit */
-    _Atomic int stopped;             /* after phase 2: write to stderr */
-    _Atomic int producing;           /* producers past the stopped check */
-    pthread_t forwarder;
-    pthread_mutex_t start_lock;
-    PyObject *deliver;               /* exitguard._logging.deliver (main) */
-    _Atomic uint64_t delivered, dropped, dropped_unreported;
-    _Atomic uint64_t formatted, to_stderr;
-    /* Messages below their level: per thread (a store, not an RMW, on the
-     * fastest path there is), summed by eg__log_stats. */
-    pthread_mutex_t counters_lock;   /* protects counters, retired */
-    struct eg__logctr *counters;
-    uint64_t filtered_retired;       /* of threads that have exited */
-} eg__log = {
-    .efd = -1,
-    .start_lock = PTHREAD_MUTEX_INITIALIZER,
-    .counters_lock = PTHREAD_MUTEX_INITIALIZER,
-};
+/* The log system's state (eg__log, eg__logstate in log_state.h) is
+ * defined in log_forwarder.c, so that references between the two files
+ * point one way only: from here down to it. */
 
 /* Bumped (release) after every change of a threshold: EG_LOG's call sites
  * compare their copy's generation with it (through the capsule's table).
@@ -349,24 +306,6 @@ eg__log_thread_identity(void)
     }
 }
 
-static void *eg__forwarder_main(void *unused);
-
-static void
-eg__log_start_forwarder(void)
-{
-    eg__mutex_lock(&eg__log.start_lock);
-    if (!atomic_load(&eg__log.started) && !atomic_load(&eg__log.stopped)) {
-        if (pthread_create(&eg__log.forwarder, NULL, eg__forwarder_main,
-                           NULL) == 0) {
-#if defined(__linux__)
-            (void)pthread_setname_np(eg__log.forwarder, "eg-log");
-#endif
-            atomic_store(&eg__log.started, 1);
-        }
-    }
-    eg__mutex_unlock(&eg__log.start_lock);
-}
-
 static const char *
 eg__level_name(int level)
 {
@@ -512,185 +451,7 @@ eg_log(int level, const char *logger, const char *fmt, ...)
     va_end(ap);
 }
 
-/* ---- Consumer ----------------------------------------------------------------- */
-
-static int
-eg__log_ready(void)
-{
-    eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
-    return atomic_load_explicit(&s->seq, memory_order_acquire)
-        == eg__log.dequeue_pos + 1;
-}
-
-/* Main interpreter's module exec, attached: import exitguard._logging
- * (installing its configuration hook) and keep its deliver function.
- *
- * Eagerly, on the importing thread, never from the forwarder: an import in
- * progress on another thread when the process forks leaves that module's
- * import lock held forever in the child (CPython re-creates only the
- * global import lock after fork), and the child's phase 2 would block on
- * it -- found by the torture suite. */
-int
-eg__log_init_main(void)
-{
-    if (eg__log.deliver != NULL) {
-        return 0;
-    }
-    PyObject *mod = PyImport_ImportModule("exitguard._logging");
-    if (mod == NULL) {
-        return -1;
-    }
-    eg__log.deliver = PyObject_GetAttrString(mod, "deliver");
-    Py_DECREF(mod);
-    return eg__log.deliver ? 0 : -1;
-}
-
-/* Attached (main): the deliver function, or NULL (not set up). */
-static PyObject *
-eg__log_deliver_fn(void)
-{
-    return eg__log.deliver;
-}
-
-/* Attached (main): deliver up to `max` messages; returns how many. */
-static Py_ssize_t
-eg__log_deliver_batch(Py_ssize_t max)
-{
-    PyObject *batch = PyList_New(0);
-    if (batch == NULL) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_ssize_t n = 0;
-    while (n < max && eg__log_ready()) {
-        eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
-        const char *name = s->logger ? s->logger->name : s->logger_name;
-        /* Native text is not always valid UTF-8 (a C string, a cut in the
-         * middle of a character): decode with "replace", which fails only
-         * on memory, so no message is lost to a decoding error. */
-        PyObject *pname = PyUnicode_DecodeUTF8(name, (Py_ssize_t)strlen(name),
-                                               "replace");
-        PyObject *pmsg = pname ? PyUnicode_DecodeUTF8(
-            s->msg, (Py_ssize_t)s->len, "replace") : NULL;
-        PyObject *pthread = pmsg ? PyUnicode_DecodeUTF8(
-            s->thread, (Py_ssize_t)strnlen(s->thread, sizeof(s->thread)),
-            "replace") : NULL;
-        PyObject *item = pthread ? Py_BuildValue(
-            "(OiOkdO)", pname, s->level, pmsg, s->tid, s->created, pthread)
-            : NULL;
-        Py_XDECREF(pname);
-        Py_XDECREF(pmsg);
-        Py_XDECREF(pthread);
-        /* Release the slot for producers: position + size. */
-        atomic_store_explicit(&s->seq, eg__log.dequeue_pos + eg__log.mask + 1,
-                              memory_order_release);
-        eg__log.dequeue_pos++;
-        n++;
-        if (item == NULL || PyList_Append(batch, item) < 0) {
-            /* Out of memory: say so (this clears the error before any
-             * other C API call), go on with the next one. */
-            PyErr_WriteUnraisable(NULL);
-        }
-        Py_XDECREF(item);
-    }
-    PyObject *fn = n ? eg__log_deliver_fn() : NULL;
-    if (fn != NULL) {
-        uint64_t dropped = atomic_exchange_explicit(
-            &eg__log.dropped_unreported, 0, memory_order_relaxed);
-        PyObject *r = PyObject_CallFunction(fn, "OK", batch,
-                                            (unsigned long long)dropped);
-        if (r == NULL) {
-            PyErr_WriteUnraisable(fn);
-        }
-        Py_XDECREF(r);
-    }
-    Py_DECREF(batch);
-    atomic_fetch_add_explicit(&eg__log.delivered, (uint64_t)n,
-                              memory_order_relaxed);
-    return n;
-}
-
-static void *
-eg__forwarder_main(void *unused)
-{
-    (void)unused;
-    while (!atomic_load(&eg__log.stop)) {
-        if (!eg__log_ready()) {
-            atomic_store(&eg__log.sleeping, 1);
-            eg__full_fence();
-            if (!eg__log_ready() && !atomic_load(&eg__log.stop)) {
-                struct pollfd p = {.fd = eg__log.efd, .events = POLLIN};
-                (void)poll(&p, 1, -1);
-            }
-            uint64_t v;
-            ssize_t r = read(eg__log.efd, &v, sizeof(v));
-            (void)r;
-            atomic_store(&eg__log.sleeping, 0);
-            continue;
-        }
-        eg_gil st;
-        if (eg_gil_ensure(NULL, &st) != 0) {
-            /* The gate is closed: phase 2 delivers what is left. */
-            break;
-        }
-        while (eg__log_ready() && !atomic_load(&eg__log.stop)) {
-            (void)eg__log_deliver_batch(EG_LOG_BATCH);
-        }
-        eg_gil_release(&st);
-    }
-    eg__tstates_release_self();
-    return NULL;
-}
-
-/* Main interpreter, phase 2, attached, before the gate closes: stop and
- * join the forwarder (GIL released), deliver everything still queued,
- * report drops, and switch eg_log to stderr. */
-void
-eg__log_stop_and_drain(void)
-{
-    eg__mutex_lock(&eg__log.start_lock);
-    int started = atomic_load(&eg__log.started);
-    atomic_store(&eg__log.stop, 1);
-    eg__mutex_unlock(&eg__log.start_lock);
-    if (started) {
-        uint64_t one = 1;
-        ssize_t w = write(eg__log.efd, &one, sizeof(one));
-        (void)w;
-        Py_BEGIN_ALLOW_THREADS
-        pthread_join(eg__log.forwarder, NULL);
-        Py_END_ALLOW_THREADS
-    }
-    /* Producers racing with this keep landing in the ring until `stopped`
-     * is set; deliver until it is empty, then close it, then deliver the
-     * last ones that made it in before the switch. */
-    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
-    }
-    atomic_store_explicit(&eg__log.stopped, 1, memory_order_seq_cst);
-    /* Producers already past the check finish publishing (a few
-     * instructions each: they never block); wait for them without the
-     * GIL, then deliver what they published. */
-    if (atomic_load_explicit(&eg__log.producing, memory_order_seq_cst)) {
-        Py_BEGIN_ALLOW_THREADS
-        while (atomic_load_explicit(&eg__log.producing,
-                                    memory_order_seq_cst)) {
-            sched_yield();
-        }
-        Py_END_ALLOW_THREADS
-    }
-    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
-    }
-    if (atomic_load(&eg__log.dropped_unreported) && eg__log.deliver) {
-        PyObject *r = PyObject_CallFunction(
-            eg__log.deliver, "[]K",
-            (unsigned long long)atomic_exchange(&eg__log.dropped_unreported,
-                                                0));
-        if (r == NULL) {
-            PyErr_WriteUnraisable(NULL);
-        }
-        Py_XDECREF(r);
-    }
-    Py_CLEAR(eg__log.deliver);
-}
+/* ---- Configuration, counters, fork ----------------------------------------- */
 
 /* Attached (main): logging's configuration changed (or, only_unknown,
  * new names were seen); recompute the cached thresholds with
@@ -742,34 +503,6 @@ eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
     }
     eg__mutex_unlock(&eg__log.counters_lock);
     *filtered = f;
-}
-
-/* For tests/c/stress_logring.c only: pop one published message without
- * Python.  The caller becomes the ring's single consumer: the first call
- * marks the forwarder as started, so none is ever created.  Returns 1 and
- * fills level/msg, or 0 when the next slot is not published yet.  Not part
- * of exitguard's API. */
-int
-eg__log_pop_raw(int *level, char *msg, size_t cap)
-{
-    if (!atomic_load_explicit(&eg__log.started, memory_order_relaxed)) {
-        eg__mutex_lock(&eg__log.start_lock);
-        atomic_store(&eg__log.started, 1);
-        eg__mutex_unlock(&eg__log.start_lock);
-    }
-    if (!eg__log_ready()) {
-        return 0;
-    }
-    eg__logslot *s = &eg__log.slots[eg__log.dequeue_pos & eg__log.mask];
-    *level = s->level;
-    size_t n = s->len < cap - 1 ? s->len : cap - 1;
-    memcpy(msg, s->msg, n);
-    msg[n] = '\0';
-    atomic_store_explicit(&s->seq, eg__log.dequeue_pos + eg__log.mask + 1,
-                          memory_order_release);
-    eg__log.dequeue_pos++;
-    atomic_fetch_add_explicit(&eg__log.delivered, 1, memory_order_relaxed);
-    return 1;
 }
 
 /* pthread_atfork child: the forwarder is gone.  A slot a producer had
