@@ -46,7 +46,7 @@ TORTURE_RUNS ?= 200
 TORTURE_SEED ?=
 
 test: install
-	$(MAKE) --no-print-directory -C tests/c run PYTHON=$(abspath $(VPY)) OUT=build/$(PYVER)
+	$(MAKE) --no-print-directory -C tests/stress/c run PYTHON=$(abspath $(VPY)) OUT=build/$(PYVER)
 	cd tests && REALWORLD_BUILD=$(abspath $(VENV))/realworld ../$(VPY) -m pytest -c ../pyproject.toml --rootdir .. --basetemp=$(abspath $(VENV))/pytest-tmp $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory torture
 
@@ -54,7 +54,7 @@ test: install
 # for a failure, the command that replays it.  make torture TORTURE_SEED=N replays a run.
 torture: $(VENV)/.deps
 	@[ -f $(VENV)/lib/*/site-packages/exitguard/__init__.py ] || $(MAKE) --no-print-directory install
-	$(VPY) tests/torture.py --runs $(TORTURE_RUNS) --build $(VENV)/egtest $(if $(TORTURE_SEED),--seed $(TORTURE_SEED))
+	$(VPY) tests/stress/torture.py --runs $(TORTURE_RUNS) --build $(VENV)/egtest $(if $(TORTURE_SEED),--seed $(TORTURE_SEED))
 
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 export PYENV_ROOT
@@ -74,7 +74,7 @@ test-all:
 # outside CPython -- exitguard's own frames included.
 valgrind: install
 	$(PIP) install --no-build-isolation --no-deps --force-reinstall ./examples/ticker
-	$(VPY) tests/torture.py --runs 0 --build $(VENV)/egtest
+	$(VPY) tests/stress/torture.py --runs 0 --build $(VENV)/egtest
 	PYTHONPATH=$(VENV)/egtest $(VPY) -m exitguard.leakcheck -- $(VPY) tests/valgrind_scenarios.py
 
 # Benchmarks (issue 17): exitguard beside pybind11, nanobind and Cython (from PyPI,
@@ -143,4 +143,4 @@ demo: install
 	@$(VPY) tests/realworld/gen_table.py --summary
 
 clean:
-	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/c/build bench/build
+	rm -rf build dist src/*.egg-info .venv src/exitguard/*.so examples/ticker/build tests/stress/c/build bench/build

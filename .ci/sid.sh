@@ -102,7 +102,7 @@ run() {
     # bench/build/<version> holds the host's builds; only the wheel cache beside
     # them is worth copying in.
     (cd "$here" && tar --exclude=./.venv --exclude=./build --exclude=./.git \
-        --exclude='./tests/c/build' --exclude='./bench/build/[0-9]*' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
+        --exclude='./tests/stress/c/build' --exclude='./bench/build/[0-9]*' --exclude='*.so' -cf - .) | tar -xf - -C "$dest"
     local cmd="cd /work/$name &&"
     for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
     local rc=0

@@ -46,6 +46,7 @@ def _import_error(run_py, fake):
 
 
 def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
+    """eg_import() raises ImportError naming both ABI versions and both exitguard versions on a mismatch."""
     msg = _import_error(run_py, _fake_pkg(tmp_path, abi=99, size=4096))
     assert msg is not None
     assert "ABI 1" in msg and "ABI 99" in msg, msg
@@ -53,10 +54,12 @@ def test_abi_mismatch_raises_importerror_naming_both(run_py, tmp_path):
 
 
 def test_smaller_table_is_refused(run_py, tmp_path):
+    """eg_import() refuses a C API table smaller than it needs, naming the table's size."""
     assert "table of 16 bytes" in _import_error(run_py, _fake_pkg(tmp_path, abi=1, size=16))
 
 
 def test_matching_abi_imports(run_py):
+    """An extension built against this exitguard imports, and its ABI version equals the runtime's."""
     res = run_py("import egtest, exitguard, json; print(json.dumps({'abi': egtest.ABI_VERSION, 'runtime': exitguard.ABI_VERSION}))")
     assert_clean(res)
     assert res.data["abi"] == res.data["runtime"]

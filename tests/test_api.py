@@ -6,12 +6,14 @@ import exitguard
 
 
 def test_public_names():
+    """The exitguard module has its documented public names, and __version__ is a string."""
     for name in ["exit_stopper", "ExitStopper", "flush", "state", "stats", "get_include", "__version__"]:
         assert hasattr(exitguard, name), name
     assert isinstance(exitguard.__version__, str)
 
 
 def test_stats_keys_and_state():
+    """stats() has its documented keys, state() is "running" while the program runs, flush() is an int."""
     s = exitguard.stats()
     for key in ["state", "refs_live", "decref_queued", "decref_applied", "decref_dropped", "stoppers"]:
         assert key in s, key
@@ -21,6 +23,7 @@ def test_stats_keys_and_state():
 
 @pytest.mark.parametrize("bad", [None, 3, "not callable", object()])
 def test_non_callable_raises_typeerror(bad):
+    """exit_stopper() refuses a non-callable with TypeError and registers nothing."""
     before = exitguard.stats()["stoppers"]
     with pytest.raises(TypeError, match="callable"):
         exitguard.exit_stopper(bad)
@@ -28,11 +31,13 @@ def test_non_callable_raises_typeerror(bad):
 
 
 def test_missing_callback():
+    """ExitStopper() without a callback raises TypeError."""
     with pytest.raises(TypeError):
         exitguard.ExitStopper()
 
 
 def test_cancel_is_idempotent_and_context_manager():
+    """cancel() is True once then False, and a stopper used as a context manager is cancelled at its end."""
     before = exitguard.stats()["stoppers"]
     s = exitguard.exit_stopper(print, "never printed")
     assert s.active and not s.ran
@@ -48,6 +53,7 @@ def test_cancel_is_idempotent_and_context_manager():
 
 
 def test_after_bad_input():
+    """after() refuses a non-stopper, the stopper itself, an ordering cycle and a cancelled stopper."""
     a = exitguard.exit_stopper(print)
     b = exitguard.exit_stopper(print)
     try:
@@ -67,6 +73,7 @@ def test_after_bad_input():
 
 
 def test_kwargs_are_passed_and_callback_exposed():
+    """exit_stopper() takes args and kwargs and exposes .callback; a cancelled stopper never calls it."""
     seen = []
 
     def cb(*args, **kwargs):
@@ -79,6 +86,7 @@ def test_kwargs_are_passed_and_callback_exposed():
 
 
 def test_get_include_is_a_folder():
+    """get_include() names an existing folder."""
     import os
 
     assert os.path.isdir(exitguard.get_include())

@@ -52,6 +52,7 @@ UBSAN_MARK = b"__ubsan_handle_"
 
 
 def test_switches_rebuild_a_built_tree(tree, tmp_path, run_py):
+    """EG_DEBUG=1 or EG_SANITIZE=undefined on a built tree produces that build, not the previous one's."""
     release = _pip_install(tree, tmp_path / "release")
     assert release == {"debug": False, "ubsan": False}
     assert os.path.isdir(str(tree / "build")), "pip did not build in the tree: the test would prove nothing"

@@ -24,6 +24,7 @@ KEY = "%d.%d%s" % (sys.version_info[0], sys.version_info[1], getattr(sys, "abifl
 
 
 def test_hot_paths_do_not_grow():
+    """The hot paths' instruction counts under callgrind stay within the margin of the recorded baseline."""
     if shutil.which("valgrind") is None:
         pytest.skip("valgrind is not installed")
     with open(BASELINE) as f:

@@ -7,6 +7,7 @@ from conftest import assert_clean
 
 
 def test_burst_costs_one_wakeup(run_py):
+    """A burst of posts to a completion queue nobody runs costs one wake-up; run() then runs them all."""
     res = run_py(
         """
         import json, exitguard, egtest
@@ -26,6 +27,7 @@ def test_burst_costs_one_wakeup(run_py):
 
 
 def test_asyncio_awaits_native_futures_then_exits_with_work_posted(run_py):
+    """Native threads complete asyncio futures; posts left at exit run or are cancelled, exactly once."""
     res = run_py(
         """
         import scenario, asyncio, exitguard, egtest
@@ -69,6 +71,7 @@ def test_asyncio_awaits_native_futures_then_exits_with_work_posted(run_py):
 
 
 def test_close_cancels_and_refuses(run_py):
+    """close() calls pending callbacks cancelled, is idempotent, refuses later posts and attach()."""
     res = run_py(
         """
         import json, exitguard, egtest
@@ -97,6 +100,7 @@ def test_close_cancels_and_refuses(run_py):
 
 
 def test_bad_input(run_py):
+    """Posting to a non-queue and CompletionQueue(1) raise TypeError."""
     res = run_py(
         """
         import json, egtest, exitguard

@@ -29,6 +29,7 @@ def debug_build(tmp_path_factory):
 
 
 def test_double_release_is_fatal_in_debug_builds(run_py, debug_build):
+    """An EG_DEBUG=1 build aborts on a second eg_ref_release() of one eg_ref, with a message saying so."""
     res = run_py(
         """
         import sys
@@ -60,6 +61,7 @@ def _run_debug(run_py, debug_build, body):
 
 
 def test_double_stopper_remove_is_fatal_in_debug_builds(run_py, debug_build):
+    """An EG_DEBUG=1 build aborts on a second eg_stopper_remove() of one stopper, with a message saying so."""
     res = _run_debug(run_py, debug_build, """
         h = egtest.c_stopper("x", [])
         egtest.stopper_remove(h)
@@ -72,6 +74,7 @@ def test_double_stopper_remove_is_fatal_in_debug_builds(run_py, debug_build):
 
 
 def test_double_thread_join_is_fatal_in_debug_builds(run_py, debug_build):
+    """An EG_DEBUG=1 build aborts on a second eg_thread_join() of one handle, with a message saying so."""
     res = _run_debug(run_py, debug_build, """
         h = egtest.quick_thread()
         assert egtest.thread_join(h, 5) == 0

@@ -7,6 +7,7 @@ from conftest import assert_clean
 
 @pytest.mark.parametrize("nthreads", [1, 4])
 def test_native_decrefs_are_applied(run_py, nthreads):
+    """Decrefs from native threads without the GIL are all applied by exit: all freed, none dropped."""
     res = run_py(
         """
         import scenario, exitguard, egtest, sys
@@ -31,6 +32,7 @@ def test_native_decrefs_are_applied(run_py, nthreads):
 
 
 def test_flush_applies_queue_and_counts(run_py):
+    """flush() applies the queued decrefs and returns how many it applied; a second flush finds none."""
     res = run_py(
         """
         import scenario, exitguard, egtest, json
@@ -83,6 +85,7 @@ def test_idle_producer_is_not_stranded(run_py):
 
 
 def test_attached_decref_is_immediate(run_py):
+    """eg_decref() on an attached thread frees the object at once, queueing nothing."""
     res = run_py(
         """
         import scenario, exitguard, egtest, json

@@ -31,6 +31,7 @@ def _header_define(name):
 
 
 def test_cli_prints_what_the_api_returns():
+    """python -m exitguard prints, for each option, exactly what the matching Python function returns."""
     expect = {
         "--version": exitguard.__version__,
         "--abi": str(exitguard.ABI_VERSION),
@@ -46,11 +47,13 @@ def test_cli_prints_what_the_api_returns():
 
 
 def test_version_and_abi_are_the_headers():
+    """__version__ and ABI_VERSION equal version.h's EG_VERSION_STRING and EG_ABI_VERSION."""
     assert exitguard.__version__ == _header_define("EG_VERSION_STRING")
     assert exitguard.ABI_VERSION == int(_header_define("EG_ABI_VERSION"))
 
 
 def test_includes_are_enough_to_compile_the_header(tmp_path):
+    """python -m exitguard --includes gives flags that compile exitguard.h as C11 with -Werror."""
     flags = _cli("--includes").stdout.split()
     assert flags[0] == "-I" + exitguard.get_include(), flags
     assert "-I" + sysconfig.get_paths()["include"] in flags, flags
@@ -67,12 +70,14 @@ def test_includes_are_enough_to_compile_the_header(tmp_path):
     (["--version", "--libs"], "unrecognized arguments: --libs"),
 ])
 def test_cli_rejects_bad_usage_clearly(args, message):
+    """python -m exitguard rejects no, conflicting and unknown options with exit code 2 and its usage."""
     proc = _cli(*args)
     assert proc.returncode == 2 and proc.stdout == "", proc
     assert message in proc.stderr and "usage: python -m exitguard" in proc.stderr, proc.stderr
 
 
 def test_installed_build_files():
+    """The installed package holds its headers, the CMake config, the .pxd and a filled-in exitguard.pc."""
     inc = exitguard.get_include()
     for header in ("exitguard.h", "exitguard.hpp", os.path.join("exitguard", "version.h"),
                    os.path.join("exitguard", "pybind11.h"), os.path.join("exitguard", "nanobind.h")):
@@ -89,6 +94,7 @@ def test_installed_build_files():
 
 
 def test_pkg_config_reports_the_same_version_and_folder():
+    """pkg-config reports the package's own version, ABI version and include folder for exitguard."""
     found = isolated_build.pkg_config()
     if found is None:
         pytest.skip(isolated_build.NO_PKG_CONFIG)

@@ -25,6 +25,7 @@ def declared_names():
 
 
 def test_every_declared_name_is_documented():
+    """Every eg_*/EG_* name the public headers declare is named in docs/api.md."""
     api = _read("docs", "api.md")
     names = declared_names()
     assert "eg_ref_new" in names and "EG_ABI_VERSION" in names   # the parser works
@@ -33,6 +34,7 @@ def test_every_declared_name_is_documented():
 
 
 def test_every_python_name_is_documented():
+    """Every name in exitguard.__all__ is named in docs/api.md."""
     import exitguard
 
     api = _read("docs", "api.md")

@@ -15,6 +15,7 @@ from conftest import assert_clean
 
 
 def test_set_clear_fileno():
+    """Event's set(), clear(), is_set() and wait() agree with its fileno()'s readability."""
     ev = exitguard.Event()
     assert not ev.is_set()
     assert select.select([ev.fileno()], [], [], 0)[0] == []
@@ -30,6 +31,7 @@ def test_set_clear_fileno():
 
 @pytest.mark.parametrize("bad,exc", [(-1, ValueError), (math.nan, ValueError), ("1", TypeError), (True, TypeError)])
 def test_bad_timeouts(bad, exc):
+    """Event.wait() refuses negative, NaN, string and bool timeouts and leaves the event working."""
     ev = exitguard.Event()
     with pytest.raises(exc):
         ev.wait(bad)
@@ -38,11 +40,13 @@ def test_bad_timeouts(bad, exc):
 
 
 def test_no_arguments():
+    """Event() takes no arguments."""
     with pytest.raises(TypeError):
         exitguard.Event(1)
 
 
 def test_native_set_wakes_wait(run_py):
+    """eg_event_wait() returns 0 once a native thread sets the event, long before its timeout."""
     res = run_py(
         """
         import json, time, egtest
@@ -58,6 +62,7 @@ def test_native_set_wakes_wait(run_py):
 
 
 def test_timeout_from_deadline(run_py):
+    """eg_event_wait() on an event nobody sets returns -ETIMEDOUT, no sooner than its timeout."""
     res = run_py(
         """
         import json, time, errno, egtest
@@ -73,7 +78,7 @@ def test_timeout_from_deadline(run_py):
 
 @pytest.mark.parametrize("native", [False, True], ids=["Event.wait", "eg_event_wait"])
 def test_sigint_raises_keyboardinterrupt_quickly(run_py, native):
-    """SIGINT while the main thread waits: KeyboardInterrupt, reported latency."""
+    """SIGINT to a main thread in Event.wait() or eg_event_wait() raises KeyboardInterrupt within 100 ms."""
     res = run_py(
         """
         import json, os, signal, threading, time, exitguard, egtest
@@ -127,6 +132,7 @@ def test_sigint_to_a_process_in_a_native_wait(run_py, ext_dir):
 
 
 def test_wait_in_progress_when_exit_begins_returns_stopping(run_py):
+    """An Event.wait() under way on a non-daemon thread when exit begins raises StoppingError."""
     res = run_py(
         """
         import scenario, threading, exitguard

@@ -78,6 +78,7 @@ def _assert_no_leftovers(data, fed):
 
 @pytest.mark.example("ticker")
 def test_ticker_builds_isolated_and_exits_mid_work(example_builds):
+    """The setup.py ticker example builds in isolation and exits cleanly mid-work, every fed object freed."""
     build = _built(example_builds, "ticker")
     r, data = _run(build, """
         import scenario, ticker
@@ -96,6 +97,7 @@ def test_ticker_builds_isolated_and_exits_mid_work(example_builds):
 
 @pytest.mark.example("cmake_pinger")
 def test_cmake_pinger_finds_the_cmake_package(example_builds):
+    """A scikit-build-core build finds exitguard's CMake package, which reports its version and ABI."""
     build = _built(example_builds, "cmake_pinger")
     # exitguardConfig.cmake's own status line: found in the build environment.
     line = "Found exitguard %s (ABI %d): " % (exitguard.__version__, exitguard.ABI_VERSION)
@@ -104,6 +106,7 @@ def test_cmake_pinger_finds_the_cmake_package(example_builds):
 
 @pytest.mark.example("cmake_pinger")
 def test_cmake_pinger_exits_cleanly_while_calling_python(example_builds):
+    """The CMake pinger exits cleanly while a native thread calls Python; its eg_log lines reach logging."""
     build = _built(example_builds, "cmake_pinger")
     r, data = _run(build, """
         import functools, logging, threading, scenario, pinger
@@ -142,6 +145,7 @@ def _check_dropper(build):
 
 @pytest.mark.example("meson_pkg_config")
 def test_meson_dropper_through_pkg_config(example_builds):
+    """The meson example finds exitguard through pkg-config, then exits cleanly with all 20000 drops freed."""
     build = _built(example_builds, "meson_pkg_config")
     assert "Run-time dependency exitguard found: YES %s" % exitguard.__version__ in build.log, build.describe()
     _check_dropper(build)
@@ -149,6 +153,7 @@ def test_meson_dropper_through_pkg_config(example_builds):
 
 @pytest.mark.example("meson_isolated")
 def test_meson_dropper_in_a_plain_isolated_build(example_builds):
+    """The meson example builds where pkg-config cannot see exitguard, then exits cleanly, all drops freed."""
     build = _built(example_builds, "meson_isolated")
     # pkg-config cannot see the build environment's exitguard; meson.build asks it.
     assert "Run-time dependency exitguard found: NO" in build.log, build.describe()
@@ -160,6 +165,7 @@ def test_meson_dropper_in_a_plain_isolated_build(example_builds):
 
 @pytest.mark.example("cython_worker")
 def test_cython_worker_drops_and_attaches_then_exits_cleanly(example_builds):
+    """The Cython worker drops objects and calls Python from its thread, then exits cleanly, all freed."""
     build = _built(example_builds, "cython_worker")
     r, data = _run(build, """
         import scenario, cyworker
@@ -209,12 +215,14 @@ PROBE = """
 
 @pytest.mark.example("pybind11_pool")
 def test_pybind11_naive_pool_fails_at_exit(example_builds):
+    """The pybind11 pool written without exitguard, busy at exit, crashes, dies fatally or hangs."""
     build = _built(example_builds, "pybind11_pool")
     _assert_fails_at_exit(build, PB11_POOL % "naive")
 
 
 @pytest.mark.example("pybind11_pool")
 def test_pybind11_guarded_pool_exits_cleanly(example_builds):
+    """The pybind11 pool on exitguard's adapter, busy at exit, exits cleanly: every task ran or dropped."""
     build = _built(example_builds, "pybind11_pool")
     r, data = _run(build, PB11_POOL % "guarded", timeout=CLEAN_TIMEOUT)
     pool = data["pool"]
@@ -225,6 +233,7 @@ def test_pybind11_guarded_pool_exits_cleanly(example_builds):
 
 @pytest.mark.example("pybind11_pool")
 def test_pybind11_adapter_refuses_an_attach_after_exit(example_builds):
+    """The pybind11 adapter attaches while the program runs, and returns -ESHUTDOWN after exit."""
     build = _built(example_builds, "pybind11_pool")
     r, data = _run(build, PROBE % {"mod": "pb11pool"}, timeout=CLEAN_TIMEOUT)
     assert data["before"] == 0 and data["called_before"] == 1, data
@@ -246,12 +255,14 @@ NB_TICKER = """
 
 @pytest.mark.example("nanobind_ticker")
 def test_nanobind_naive_ticker_fails_at_exit(example_builds):
+    """The nanobind ticker written without exitguard, ticking at exit, crashes, dies fatally or hangs."""
     build = _built(example_builds, "nanobind_ticker")
     _assert_fails_at_exit(build, NB_TICKER % "naive")
 
 
 @pytest.mark.example("nanobind_ticker")
 def test_nanobind_guarded_ticker_exits_cleanly(example_builds):
+    """The nanobind ticker on exitguard's adapter, ticking at exit, exits cleanly with its payload freed."""
     build = _built(example_builds, "nanobind_ticker")
     r, data = _run(build, NB_TICKER % "guarded", timeout=CLEAN_TIMEOUT)
     assert data["ticker"]["ticks"] >= 50 and data["ticker"]["refused"] == 0, data
@@ -260,6 +271,7 @@ def test_nanobind_guarded_ticker_exits_cleanly(example_builds):
 
 @pytest.mark.example("nanobind_ticker")
 def test_nanobind_adapter_refuses_an_attach_after_exit(example_builds):
+    """The nanobind adapter attaches while the program runs, and returns -ESHUTDOWN after exit."""
     build = _built(example_builds, "nanobind_ticker")
     r, data = _run(build, PROBE % {"mod": "nbticker"}, timeout=CLEAN_TIMEOUT)
     assert data["before"] == 0 and data["called_before"] == 1, data

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
 def test_queued_decrefs_survive_fork(run_py):
+    """Decrefs queued before fork() are applied in the child and in the parent; the child's threads work."""
     res = run_py(
         """
         import scenario, exitguard, egtest, os, json, warnings
@@ -92,7 +93,9 @@ print(json.dumps({"bad": bad, "forks": forks, "churned": churn.churned()}))
 
 @pytest.mark.timeout(900)      # 250 forks; a free-threaded build under load is slow
 def test_fork_200_times_under_native_load(run_py):
-    """4 native threads attach, build GC-tracked lists and drop them without the GIL,
+    """200 forks amid native threads attaching and dropping objects leave no bad child.
+
+    4 native threads attach, build GC-tracked lists and drop them without the GIL,
     as fast as they can, while the main thread forks 200 times; every child uses
     exitguard (references, native decrefs, a flush, its own GC) and exits normally.
     The fork barrier keeps the native threads out of CPython at each fork: 0 bad

@@ -60,6 +60,7 @@ def test_attaching_threads_across_exit(run_py, name, ending, code, tb):
 
 
 def test_blocked_thread_is_released_by_request_stop(run_py):
+    """A registered thread blocked in read() is woken by its request_stop callback at exit and joined."""
     res = run_py(
         """
         import scenario
@@ -75,6 +76,7 @@ def test_blocked_thread_is_released_by_request_stop(run_py):
 
 
 def test_stubborn_thread_is_named_and_exit_completes(run_py):
+    """A thread ignoring its stop request is abandoned after the join timeout, named, never attached again."""
     res = run_py(
         """
         import scenario, time
@@ -124,6 +126,7 @@ def test_stopper_joins_thread_waiting_for_the_gil(run_py):
 
 
 def test_nested_ensure_and_attached_ensure(run_py):
+    """eg_gil_ensure() succeeds on an attached thread and nests on a native one, with or without a handle."""
     res = run_py(
         """
         import json, exitguard, egtest
@@ -144,6 +147,7 @@ def test_nested_ensure_and_attached_ensure(run_py):
 
 
 def test_adopted_thread_is_stopped_and_joined(run_py):
+    """A thread given to eg_thread_adopt() is stopped and joined by phase 1 at exit."""
     res = run_py(
         """
         import scenario, time
@@ -163,6 +167,7 @@ def test_adopted_thread_is_stopped_and_joined(run_py):
 
 
 def test_thread_join_by_owner(run_py):
+    """eg_thread_join() that times out returns -ETIMEDOUT and leaves the thread for exit to join."""
     res = run_py(
         """
         import scenario, json, errno, exitguard, egtest

@@ -42,6 +42,7 @@ CASES = [
 
 @pytest.mark.parametrize("compiler,lang,defines", CASES)
 def test_header_compiles(tmp_path, compiler, lang, defines):
+    """exitguard.h compiles with -Werror as pedantic C11 and C++11/17/20, with and without EG_CAPI_SHARED."""
     cc = shutil.which(compiler)
     assert cc, "%s is required to build extensions" % compiler
     src = tmp_path / "use.c"
@@ -74,6 +75,7 @@ def test_call_site_log_wants_a_literal_logger_name(tmp_path):
 
 
 def test_installed_headers():
+    """The installed exitguard.h is there, and version.h's EG_VERSION_STRING is __version__."""
     inc = exitguard.get_include()
     assert os.path.isfile(os.path.join(inc, "exitguard.h"))
     assert os.path.isfile(os.path.join(inc, "exitguard", "version.h"))

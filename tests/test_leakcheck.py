@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgri
 
 
 def test_suppressions_are_installed():
+    """valgrind_suppressions() names an installed file, exitguard's valgrind.supp."""
     path = exitguard.valgrind_suppressions()
     assert os.path.isfile(path)
     with open(path) as f:
@@ -30,6 +31,7 @@ def _leakcheck(ext_dir, code):
 
 
 def test_free_threaded_build_is_refused_clearly(ext_dir):
+    """leakcheck refuses a free-threaded build with exit 2 naming PYTHONMALLOC=malloc; elsewhere it passes."""
     if not FREE_THREADED:
         proc = _leakcheck(ext_dir, "pass")
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -41,6 +43,7 @@ def test_free_threaded_build_is_refused_clearly(ext_dir):
 
 @pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
 def test_leaking_extension_is_named_and_fails(ext_dir):
+    """leakcheck fails with exit 1 on a definite leak, naming the leaking extension first, with its size."""
     proc = _leakcheck(ext_dir, "import egtest; egtest.leak_bytes(4096)")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [l for l in proc.stdout.splitlines() if "definite leak" in l]
@@ -51,6 +54,7 @@ def test_leaking_extension_is_named_and_fails(ext_dir):
 
 @pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
 def test_clean_extension_passes(ext_dir):
+    """leakcheck passes an extension whose eg_ref is released from a native thread."""
     proc = _leakcheck(ext_dir, "import egtest, exitguard; h = egtest.ref_new(object()); egtest.release_in_threads([h])")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -74,6 +78,7 @@ def test_refcount_leak_is_blamed_on_the_extension_not_cpython(ext_dir):
 
 @pytest.mark.skipif(FREE_THREADED, reason="free-threaded CPython cannot run under PYTHONMALLOC=malloc")
 def test_failing_command_fails_the_check(ext_dir):
+    """leakcheck exits 3 when the checked command exits non-zero or is killed, saying which."""
     proc = _leakcheck(ext_dir, "import sys; sys.exit(3)")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "leakcheck: FAILED: the command exited with status 3" in proc.stdout

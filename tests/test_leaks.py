@@ -18,6 +18,7 @@ egtest.release_in_threads(released, 2)     # released properly: not reported
 
 
 def test_warn_reports_exact_counts_per_type_and_site(run_py):
+    """EXITGUARD_LEAKS=warn reports exactly the unreleased eg_refs, per type, with where each was made."""
     res = run_py(HOLD, env={"EXITGUARD_LEAKS": "warn"})
     assert_clean(res, allow="leak")
     err = res.stderr
@@ -34,6 +35,7 @@ def test_warn_reports_exact_counts_per_type_and_site(run_py):
 
 
 def test_abort_exits_nonzero(run_py):
+    """EXITGUARD_LEAKS=abort turns unreleased eg_refs into exit status 70, without a fatal error."""
     res = run_py(HOLD, env={"EXITGUARD_LEAKS": "abort"})
     assert res.returncode == 70, res.describe()
     assert "EXITGUARD_LEAKS=abort" in res.stderr
@@ -41,6 +43,7 @@ def test_abort_exits_nonzero(run_py):
 
 
 def test_abort_with_no_leak_exits_zero(run_py):
+    """EXITGUARD_LEAKS=abort with every eg_ref released exits 0 and prints nothing."""
     res = run_py(
         """
         import exitguard, egtest
@@ -54,12 +57,14 @@ def test_abort_with_no_leak_exits_zero(run_py):
 
 
 def test_default_is_silent(run_py):
+    """With EXITGUARD_LEAKS empty, unreleased eg_refs are not reported and the exit stays clean."""
     res = run_py(HOLD, env={"EXITGUARD_LEAKS": ""})
     assert_clean(res)
     assert "exitguard:" not in res.stderr
 
 
 def test_late_decrefs_are_counted_and_reported(run_py):
+    """Decrefs queued after phase 2 are dropped, never applied, and counted and reported as such."""
     res = run_py(
         """
         import scenario
@@ -83,6 +88,7 @@ def test_late_decrefs_are_counted_and_reported(run_py):
 
 
 def test_unknown_value_warns(run_py):
+    """An unknown EXITGUARD_LEAKS value is named in a warning on stderr."""
     res = run_py("import exitguard", env={"EXITGUARD_LEAKS": "bogus"})
     assert_clean(res)
     assert "unknown EXITGUARD_LEAKS value 'bogus'" in res.stderr
@@ -109,6 +115,7 @@ LATE_RELEASERS = [
 
 @pytest.mark.parametrize("name,hold,said", LATE_RELEASERS, ids=[r[0] for r in LATE_RELEASERS])
 def test_release_late_in_finalization_is_not_a_leak(run_py, name, hold, said):
+    """A reference released after phase 2 (m_free, atexit, destructor, C++ static) is not called a leak."""
     res = run_py(LATE.format(hold=hold, leak=""), env={"EXITGUARD_LEAKS": "abort"})
     assert_clean(res)
     if said:

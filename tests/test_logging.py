@@ -17,6 +17,7 @@ logging.getLogger().setLevel(logging.DEBUG)
 
 
 def test_every_message_delivered_in_order_or_counted(run_py):
+    """Every eg_log line from 4 native threads is delivered in per-thread order, or dropped and counted."""
     res = run_py(
         COLLECT
         + """
@@ -57,6 +58,7 @@ egtest.log_from_threads(N_THREADS, PER)
 
 
 def test_messages_queued_just_before_exit_are_delivered(run_py):
+    """eg_log lines queued just before exit are all delivered, under the native threads' names."""
     res = run_py(
         COLLECT
         + """
@@ -73,6 +75,7 @@ egtest.log_from_threads(2, 300)     # 600 < ring size: none may be dropped
 
 
 def test_below_level_is_not_formatted_and_level_changes_follow(run_py):
+    """eg_log below a logger's level formats nothing, and exitguard's level cache follows setLevel()."""
     res = run_py(
         COLLECT
         + """
@@ -147,6 +150,7 @@ print(json.dumps({"steps": steps, "delivered": delivered()}))
 
 
 def test_long_message_truncated_with_marker(run_py):
+    """An eg_log message too long for its slot arrives cut, ending in "...[truncated]"."""
     res = run_py(
         COLLECT
         + """
@@ -161,6 +165,7 @@ egtest.log_from_threads(1, 1, logging.INFO, 0, True)
 
 
 def test_after_stop_messages_go_to_stderr(run_py):
+    """eg_log lines sent after phase 2 are written to stderr rather than lost."""
     res = run_py(
         """
 import scenario

@@ -28,6 +28,7 @@ def _intact():
 @SETTINGS
 @given(ANY, st.lists(ANY, max_size=3))
 def test_exit_stopper_any_callback(cb, args):
+    """exit_stopper() takes any callable with any arguments and refuses other values with TypeError."""
     before = _intact()
     if callable(cb):
         s = exitguard.exit_stopper(cb, *args)
@@ -42,6 +43,7 @@ def test_exit_stopper_any_callback(cb, args):
 @SETTINGS
 @given(ANY)
 def test_after_any_argument(other):
+    """after() refuses any value that is not an ExitStopper with TypeError, exitguard's state intact."""
     before = _intact()
     a = exitguard.exit_stopper(print)
     try:
@@ -58,6 +60,7 @@ def test_after_any_argument(other):
 @SETTINGS
 @given(st.one_of(ANY, st.floats(min_value=-1e9, max_value=0.01)))
 def test_event_wait_any_timeout(timeout):
+    """Event.wait() accepts None and numbers >= 0 and refuses any other timeout, the event intact."""
     ev = exitguard.Event()
     ev.set()                                   # a valid wait returns at once
     numeric = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
@@ -77,6 +80,7 @@ def test_event_wait_any_timeout(timeout):
 @SETTINGS
 @given(ANY)
 def test_completion_queue_attach_any(loop_like):
+    """CompletionQueue.attach() refuses anything but an event loop; the queue stays open and usable."""
     q = exitguard.CompletionQueue()
     with pytest.raises(Exception):
         q.attach(loop_like)                    # nothing here is an event loop
@@ -88,6 +92,7 @@ def test_completion_queue_attach_any(loop_like):
 @SETTINGS
 @given(st.lists(ANY, max_size=3), st.dictionaries(st.sampled_from(["a", "timeout", "x"]), ANY, max_size=2))
 def test_constructors_reject_arguments(args, kwargs):
+    """Event() and CompletionQueue() refuse any positional or keyword argument with TypeError."""
     for cls in (exitguard.Event, exitguard.CompletionQueue):
         if args or kwargs:
             with pytest.raises(TypeError):
@@ -97,6 +102,7 @@ def test_constructors_reject_arguments(args, kwargs):
 
 
 def test_flush_and_stats_are_stable():
+    """flush() called again and again returns a count >= 0, and stats() keeps its documented keys."""
     for _ in range(100):
         assert exitguard.flush() >= 0
         assert set(exitguard.stats()) >= {"state", "refs_live", "decref_queued", "decref_applied", "decref_dropped", "stoppers"}

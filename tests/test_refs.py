@@ -6,6 +6,7 @@ from conftest import assert_clean
 
 
 def test_release_from_native_threads_frees(run_py):
+    """eg_refs released from native threads free their objects by the next flush(); none stays live."""
     res = run_py(
         """
         import scenario, exitguard, egtest, json
@@ -25,6 +26,7 @@ def test_release_from_native_threads_frees(run_py):
 
 
 def test_release_while_attached_is_immediate(run_py):
+    """eg_ref_release() on an attached thread frees the object at once."""
     res = run_py(
         """
         import scenario, egtest, json
@@ -38,6 +40,7 @@ def test_release_while_attached_is_immediate(run_py):
 
 
 def test_phase2_releases_unreleased_refs_and_get_returns_null(run_py):
+    """Phase 2 releases every eg_ref left; after it eg_ref_get() is NULL and eg_ref_new() is refused."""
     res = run_py(
         """
         import scenario, json
@@ -72,6 +75,7 @@ def test_phase2_releases_unreleased_refs_and_get_returns_null(run_py):
 
 
 def test_slots_are_reused(run_py):
+    """The slots of released eg_refs are reused by later eg_ref_new() calls."""
     res = run_py(
         """
         import exitguard, egtest, json
@@ -90,6 +94,7 @@ def test_slots_are_reused(run_py):
 
 
 def test_ref_new_null_and_ref_get_null(run_py):
+    """eg_ref_get(NULL) returns NULL and eg_ref_release(NULL) does nothing."""
     res = run_py(
         """
         import egtest, json

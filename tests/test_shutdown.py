@@ -22,6 +22,7 @@ ENDINGS = [
 
 @pytest.mark.parametrize("name,ending,code,tb", ENDINGS, ids=[e[0] for e in ENDINGS])
 def test_exit_while_native_threads_work(run_py, name, ending, code, tb):
+    """An exit by return, sys.exit or exception mid-work keeps its exit code, and every object is freed."""
     res = run_py(WORKLOAD.format(ending=ending), timeout=60)
     assert_clean(res, code, traceback_ok=tb)
     if tb:

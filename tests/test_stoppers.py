@@ -8,6 +8,7 @@ from conftest import assert_clean
 
 
 def test_newest_first_with_after_edges(run_py):
+    """Phase 1 runs stoppers newest first, holding each back until those it was put after have run."""
     res = run_py(
         """
         import scenario, json
@@ -31,6 +32,7 @@ def test_newest_first_with_after_edges(run_py):
 
 
 def test_raising_stopper_does_not_stop_the_rest(run_py):
+    """A stopper that raises is counted and reported as unraisable, and the stoppers after it still run."""
     res = run_py(
         """
         import scenario
@@ -52,6 +54,7 @@ def test_raising_stopper_does_not_stop_the_rest(run_py):
 
 
 def test_unraisablehook_receives_stopper_error(run_py):
+    """A stopper's exception reaches a custom sys.unraisablehook and is still counted in stopper_errors."""
     res = run_py(
         """
         import scenario, sys
@@ -68,6 +71,7 @@ def test_unraisablehook_receives_stopper_error(run_py):
 
 
 def test_edge_errors(run_py):
+    """eg_stopper_after() takes a repeated edge, refuses a cycle (-EDEADLK), itself and NULL (-EINVAL)."""
     res = run_py(
         """
         import errno, json, exitguard, egtest
@@ -106,6 +110,7 @@ def test_edge_errors(run_py):
 
 
 def test_removed_stopper_does_not_run(run_py):
+    """Removed, cancelled and context-managed stoppers do not run at exit; the others do."""
     res = run_py(
         """
         import scenario
@@ -127,6 +132,7 @@ def test_removed_stopper_does_not_run(run_py):
 
 
 def test_stopper_added_by_stopper_runs_and_late_ones_are_refused(run_py):
+    """A stopper added during phase 1 still runs; exit_stopper() after phase 1 raises RuntimeError."""
     res = run_py(
         """
         import scenario
@@ -176,7 +182,9 @@ def test_stopper_releases_waiting_nondaemon_thread(run_py):
 
 
 def test_stopper_runs_before_an_executor_imported_later_joins_its_workers(run_py):
-    """concurrent.futures joins its workers from a threading._register_atexit hook of
+    """A stopper runs before concurrent.futures joins the workers of an executor made after it.
+
+    concurrent.futures joins its workers from a threading._register_atexit hook of
     its own, registered when the first executor is made -- after exitguard's -- and
     such hooks run newest first.  The stopper that releases a blocked worker must
     still run before that join (realworld/grpc_11804_atexit: the exit hung)."""
@@ -210,6 +218,7 @@ def test_stopper_runs_before_an_executor_imported_later_joins_its_workers(run_py
 
 
 def test_stopper_callback_runs_once_even_if_phases_called_again(run_py):
+    """Running phase 1 and phase 2 again calls each stopper only once."""
     res = run_py(
         """
         import scenario

@@ -87,6 +87,7 @@ MODULES = ["exitguard", "exitguard._core", "exitguard.testing"]
 
 @pytest.mark.parametrize("module", MODULES)
 def test_stub_names_match_the_runtime(module):
+    """Each module's .pyi names exactly its public runtime names, and the stub's __all__ is the runtime's."""
     mod = importlib.import_module(module)
     stub = _stub(module)
     runtime = {n for n in _public(dir(mod)) if not isinstance(getattr(mod, n), types.ModuleType)}
@@ -101,6 +102,7 @@ def test_stub_names_match_the_runtime(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_stub_classes_match_the_runtime(module):
+    """Each class in a .pyi has exactly the public members of the runtime class."""
     mod = importlib.import_module(module)
     for name, node in _stub(module).items():
         if not isinstance(node, ast.ClassDef):

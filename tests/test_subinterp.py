@@ -25,6 +25,7 @@ def _skip_without_subinterpreters():
 
 
 def test_native_thread_attaches_to_a_given_subinterpreter(run_py, tmp_path):
+    """A native thread attaches to the subinterpreter its handle names; decrefs made there apply there."""
     _skip_without_subinterpreters()
     out = tmp_path / "out.txt"
     res = run_py(

@@ -38,6 +38,7 @@ MODES = [pytest.param("shared", CYCLES, id="Py_NewInterpreter")] + (
 
 @pytest.mark.parametrize("mode,cycles", MODES)
 def test_capi_subinterpreter_cycles(run_py, mode, cycles):
+    """Py_EndInterpreter with native threads in it stops them and frees everything, in bounded memory."""
     res = run_py(SCRIPT, args=[str(cycles), mode, "eg"], timeout=600)
     assert_clean(res)
     d = res.data

@@ -54,11 +54,13 @@ CASES = [
 
 
 def test_every_kind_is_tested():
+    """The bad-exit cases below cover exactly the kinds exitguard.testing.KINDS names."""
     assert sorted(c[0] for c in CASES) == sorted(KINDS)
 
 
 @pytest.mark.parametrize("kind,bad,good,kw", CASES, ids=[c[0] for c in CASES])
 def test_caught_when_present(env, kind, bad, good, kw):
+    """assert_clean_exit() raises CleanExitError of the right kind for each kind of bad exit."""
     e = _fails(bad, env, **kw)
     assert e.kind == kind, str(e)
     assert str(e).startswith("clean_exit: the code ")
@@ -66,11 +68,13 @@ def test_caught_when_present(env, kind, bad, good, kw):
 
 @pytest.mark.parametrize("kind,bad,good,kw", CASES, ids=[c[0] for c in CASES])
 def test_quiet_when_absent(env, kind, bad, good, kw):
+    """assert_clean_exit() passes each case's code once its bad exit is taken out."""
     r = assert_clean_exit(good, env=env, **kw)
     assert r.returncode == 0
 
 
 def test_clean_extension_passes_every_check(env):
+    """An extension busy at exit on exitguard passes every check, refused attaches included."""
     r = assert_clean_exit(
         "import ticker\nt = ticker.Ticker(2)\nt.feed_many(object() for _ in range(1000))\n",
         env=env, timeout=60, refused_attaches_ok=False,
@@ -80,6 +84,7 @@ def test_clean_extension_passes_every_check(env):
 
 
 def test_hang_reports_thread_stacks(env):
+    """A hang is reported at its deadline, with the hung thread's stack."""
     e = _fails(
         "import threading\n"
         "def stuck_worker():\n"
@@ -112,17 +117,20 @@ def test_forking_programs(env):
 
 
 def test_crash_is_named(env):
+    """A crash is reported with the signal that killed the process."""
     e = _fails("import egtest\negtest.crash()\n", env, timeout=30)
     assert "crashed with SIGSEGV" in str(e)
 
 
 def test_fatal_error(env):
+    """A fatal error is reported with its message, and the abort() after it as a crash too."""
     e = _fails("import egtest\negtest.fatal()\n", env, timeout=30)
     assert "egtest: fatal on purpose" in str(e)
     assert "crash" in e.kinds                 # abort() after it: both, the fatal error first
 
 
 def test_unexpected_exit_code(env):
+    """An exit code other than the expected one is reported; expect_returncode accepts it."""
     e = _fails("import sys\nsys.exit(4)\n", env, timeout=30)
     assert "exited with code 4, expected 0" in str(e)
     assert_clean_exit("import sys\nsys.exit(4)\n", env=env, expect_returncode=4)
@@ -136,12 +144,14 @@ def test_unexpected_exit_code(env):
     "import exitguard, egtest\negtest.c_stopper_raise('C stopper failed on purpose')\n",
 ], ids=["python", "silenced", "c"])
 def test_stopper_error(env, code):
+    """A raising stopper is reported whether Python, silenced by unraisablehook or C."""
     e = _fails(code, env, timeout=30)
     assert e.kind == "stopper error"
     assert "1 exit stopper(s) raise" in str(e)
 
 
 def test_abandoned_thread_is_named(env):
+    """A native thread abandoned at exit is reported by its name and the join timeout."""
     e = _fails("import exitguard, egtest\negtest.registered_attachers(1, None, 1000, True, 'stubborn-1')\n",
                env, timeout=30)
     assert e.kind == "abandoned thread"
@@ -165,7 +175,9 @@ def test_thread_left_inside_the_gate_is_abandoned(env):
 
 
 def test_refused_attach_late_in_finalization_is_counted(env):
-    """The refusal happens in a libc atexit handler, after Py_FinalizeEx returned --
+    """An attach refused after Py_FinalizeEx returned is counted; refused_attaches_ok=False fails on it.
+
+    The refusal happens in a libc atexit handler, after Py_FinalizeEx returned --
     long after any Python atexit hook could read the counters."""
     code = "import exitguard, egtest\negtest.late_attacher(True)\n"
     r = assert_clean_exit(code, env=env, timeout=30)        # allowed by default
@@ -177,6 +189,7 @@ def test_refused_attach_late_in_finalization_is_counted(env):
 
 
 def test_leak_names_type_count_and_creation_site(env):
+    """A leak is reported with its count, its type and the module (and line) that created it."""
     e = _fails("import egtest\nclass Gadget: pass\nkeep = [egtest.ref_new(Gadget()) for _ in range(3)]\n",
                env, timeout=30)
     assert e.kind == "leak"
@@ -189,6 +202,7 @@ def test_leak_names_type_count_and_creation_site(env):
 
 
 def test_leak_check_follows_exitguard_leaks(env):
+    """The leak check follows EXITGUARD_LEAKS: off passes, warn fails with exit 0, the default with 70."""
     code = "import egtest\nkeep = egtest.ref_new(object())\n"
     assert_clean_exit(code, env=dict(env, EXITGUARD_LEAKS="off"))
     e = _fails(code, dict(env, EXITGUARD_LEAKS="warn"))
@@ -198,6 +212,7 @@ def test_leak_check_follows_exitguard_leaks(env):
 
 
 def test_traceback_in_a_thread(env):
+    """An uncaught exception in a thread is reported as a traceback, with the exception."""
     e = _fails("import threading\ndef boom(): raise ValueError('thread failed on purpose')\n"
                "t = threading.Thread(target=boom); t.start(); t.join()\n", env, timeout=30)
     assert e.kind == "traceback"
@@ -205,6 +220,7 @@ def test_traceback_in_a_thread(env):
 
 
 def test_allow_and_all_kinds_listed(env):
+    """Every bad exit present is listed, allow= lets the named kinds pass, an unknown kind is refused."""
     code = "import exitguard, egtest, sys\nexitguard.exit_stopper(lambda: 1 / 0)\nsys.exit(3)\n"
     e = _fails(code, env, timeout=30)
     assert e.kinds == ["exit code", "stopper error", "traceback"]
@@ -215,6 +231,7 @@ def test_allow_and_all_kinds_listed(env):
 
 
 def test_run_exit_collects_without_judging(env):
+    """run_exit() collects exit code, output and stats without judging; problems() judges on request."""
     r = run_exit("import sys, exitguard\nprint(sys.argv[1:])\nsys.exit(5)\n", env=env, args=["a", "b"])
     assert r.returncode == 5 and r.stdout == "['a', 'b']\n"
     assert r.stats["state"] == "stopped" and len(r.interpreters) == 1
@@ -223,6 +240,7 @@ def test_run_exit_collects_without_judging(env):
 
 
 def test_bad_arguments():
+    """assert_clean_exit() refuses bytes for code (TypeError) and a zero timeout (ValueError)."""
     with pytest.raises(TypeError):
         assert_clean_exit(b"pass")
     with pytest.raises(ValueError):
@@ -254,12 +272,14 @@ def _run_pytest(tmp_path, extra_args, extra_env):
 
 
 def test_fixture_with_explicit_plugin(tmp_path):
+    """The clean_exit fixture, with the plugin loaded by -p, passes a clean exit and catches a crash."""
     proc = _run_pytest(tmp_path, ["-p", "exitguard.pytest_plugin"], {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
 
 
 def test_fixture_registered_by_entry_point(tmp_path):
+    """The clean_exit fixture is available through the pytest11 entry point alone."""
     from importlib.metadata import entry_points
 
     eps = entry_points()

@@ -49,6 +49,7 @@ def realworld_build(tmp_path_factory):
 
 @pytest.mark.parametrize("scn", scenarios.SCENARIOS, ids=[s.name for s in scenarios.SCENARIOS])
 def test_scenario(scn, realworld_build):
+    """Each realworld scenario's exitguard build exits clean in every run; its naive build still works."""
     naive = [harness.run_once(scn, "naive", realworld_build, timeout=NAIVE_TIMEOUT)
              for _ in range(NAIVE_RUNS)]
     eg = []
@@ -76,6 +77,7 @@ def test_table_is_in_step():
 
 
 def test_every_scenario_was_run_everywhere():
+    """Every recorded results/*.json holds a run of every scenario in scenarios.py."""
     results = gen_table.load_results()
     assert results, "no results/*.json: run `make realworld`"
     for label, res in results.items():
@@ -84,7 +86,9 @@ def test_every_scenario_was_run_everywhere():
 
 
 def test_every_naive_build_reproduces_somewhere():
-    """A scenario whose naive build is clean on every interpreter is not a reproducer."""
+    """Every scenario's naive build failed on at least one interpreter of the recorded runs.
+
+    A scenario whose naive build is clean on every interpreter is not a reproducer."""
     results = gen_table.load_results()
     for scn in scenarios.SCENARIOS:
         failing = [label for label, res in results.items()

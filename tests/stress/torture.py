@@ -12,11 +12,11 @@ and show consistent counters: every object handed to native code freed or counte
 stop, every completion run or cancelled, every log line delivered, dropped or written
 to stderr after stop.
 
-    python tests/torture.py --runs 200                 # prints the seed it used
-    python tests/torture.py --seed 1234 --only 17      # replay one scenario
+    python tests/stress/torture.py --runs 200              # prints the seed it used
+    python tests/stress/torture.py --seed 1234 --only 17   # replay one scenario
 
 It needs the egtest extension on PYTHONPATH (built by the test suite, or by
-`python tests/torture.py --build DIR` which builds it into DIR first).
+`python tests/stress/torture.py --build DIR` which builds it into DIR first).
 """
 
 import argparse
@@ -30,7 +30,8 @@ import time
 
 from exitguard.testing import run_exit
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# tests/, one folder up: the suite's builder (conftest) and the egtest source.
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ACTIVITIES = ["attach", "refs", "decref", "log", "complete", "wait"]
 ENDINGS = ["return", "exit", "raise", "keyboard", "thread_exit", "fork"]
 TIMEOUT = 60
@@ -204,10 +205,10 @@ def run_one(sc, env):
 
 
 def build_egtest(dest):
-    sys.path.insert(0, HERE)
+    sys.path.insert(0, TESTS)
     import conftest  # the test suite's builder
 
-    conftest._build_ext("egtest", os.path.join(HERE, "ext", "egtest.c"), dest)
+    conftest._build_ext("egtest", os.path.join(TESTS, "ext", "egtest.c"), dest)
 
 
 def main(argv=None):
@@ -223,7 +224,7 @@ def main(argv=None):
         args.build = os.path.abspath(args.build)
         os.makedirs(args.build, exist_ok=True)
         build_egtest(args.build)
-        env["PYTHONPATH"] = os.pathsep.join([args.build, HERE] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        env["PYTHONPATH"] = os.pathsep.join([args.build, TESTS] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     rng = random.Random(seed)
     scenarios = [make_scenario(rng) for _ in range(args.runs if args.only is None else args.only + 1)]
     indexes = range(len(scenarios)) if args.only is None else [args.only]

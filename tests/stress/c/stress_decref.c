@@ -19,8 +19,8 @@
  * python3.14-dbg) counts every decref in the thread state's interpreter and
  * crashes without one -- an honest reminder that drains run attached.
  *
- * Built and run by tests/c/Makefile (make test), also under ThreadSanitizer
- * and AddressSanitizer.
+ * Built and run by tests/stress/c/Makefile (make test), also under
+ * ThreadSanitizer and AddressSanitizer.
  */
 #include "eg_internal.h"
 

@@ -26,8 +26,8 @@
  * a litmus test with the membarrier removed found nothing in 60,000
  * trials.  That part rests on the argument in door.c (DESIGN, Seats).
  *
- * Built and run by tests/c/Makefile (make test), also under ThreadSanitizer
- * and AddressSanitizer.
+ * Built and run by tests/stress/c/Makefile (make test), also under
+ * ThreadSanitizer and AddressSanitizer.
  */
 #if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
 #  define _POSIX_C_SOURCE 200809L
