@@ -141,12 +141,13 @@ setup(
     ext_modules=[
         Extension(
             "exitguard._core",
-            sources=sorted(glob.glob("src/*.c")),
+            # src/*.c (the core) and src/py/*.c (the Python surface).
+            sources=sorted(glob.glob("src/**/*.c", recursive=True)),
             include_dirs=["include", "src"],
             define_macros=macros,
             extra_compile_args=cflags,
             extra_link_args=lflags,
-            depends=sorted(glob.glob("src/*.h") + glob.glob("include/**/*.h", recursive=True)),
+            depends=sorted(glob.glob("src/**/*.h", recursive=True) + glob.glob("include/**/*.h", recursive=True)),
         )
     ],
     cmdclass={"build_ext": build_ext_flags, "build_py": build_py_with_headers},
