@@ -474,7 +474,7 @@ void eg__log_stats(uint64_t *delivered, uint64_t *dropped,
                    uint64_t *formatted, uint64_t *filtered,
                    uint64_t *to_stderr);
 uint64_t eg__log_ring_size(void);
-int eg__log_pop_raw(int *level, char *msg, size_t cap);   /* tests/c only */
+int eg__log_pop_raw(int *level, char *msg, size_t cap);   /* tests/stress/c only */
 
 /* ---- Completion queues (completion.c) ------------------------------------ */
 

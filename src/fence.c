@@ -22,7 +22,7 @@ _Atomic int eg__fence_asym;
 /* <linux/membarrier.h> names its commands in an enum, so only the syscall
  * number can be tested for; the expedited private command needs headers
  * from Linux 4.14 (2017) or later.  EG_NO_MEMBARRIER forces full fences on
- * both sides (tests/c/stress_door.c runs both ways). */
+ * both sides (tests/stress/c/stress_door.c runs both ways). */
 #if defined(__linux__) && defined(__NR_membarrier) && !defined(EG_TSAN) \
     && !defined(EG_NO_MEMBARRIER)
 #  define EG__HAVE_MEMBARRIER 1

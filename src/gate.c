@@ -663,7 +663,7 @@ eg__gate_close(eg__interp *in, double timeout_s)
     /* Threads that exited since the last attach: delete their states now,
      * attached as we are, before CPython tears the interpreter down (a
      * subinterpreter with a leftover state aborts Py_EndInterpreter with
-     * "not the last thread", cpython.md section 2).  A live thread's state
+     * "not the last thread": Py_EndInterpreter, Python/pylifecycle.c).  A live thread's state
      * of the main interpreter is left to CPython, which deletes every other
      * thread state right after it sets the finalizing flag; a
      * subinterpreter keeps none (eg_gil_release). */

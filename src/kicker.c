@@ -19,7 +19,8 @@
  * and 3.13.0 it either did not run while the main thread ran bytecode or ran
  * once per handful of decrefs; and it runs nowhere while the main thread is
  * blocked in C.  Added late it crashes (3.8-3.12) or is silently dropped
- * (3.13+; cpython.md section 6).
+ * (3.13+: _PyEval_AddPendingCall in Python/ceval_gil.c;
+ * docs/design.md, "CPython version by version").
  *
  * So the queue does something much smaller: the push that finds the queue
  * idle puts the interpreter's record on the kicker's list (a lock-free

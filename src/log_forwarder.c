@@ -3,7 +3,7 @@
  * forwarder thread that sleeps on the eventfd and delivers the ring's
  * messages in batches into Python's logging (exitguard._logging.deliver),
  * the main interpreter's setup of that deliver function, phase 2's stop,
- * join and final drain, and the raw consumer of tests/c/stress_logring.c.
+ * join and final drain, and the raw consumer of tests/stress/c/stress_logring.c.
  * It also defines eg__log, the state the producers in log.c share with it,
  * so that log.c calls and references this file and this file never log.c.
  *
@@ -231,7 +231,7 @@ eg__log_stop_and_drain(void)
     Py_CLEAR(eg__log.deliver);
 }
 
-/* For tests/c/stress_logring.c only: pop one published message without
+/* For tests/stress/c/stress_logring.c only: pop one published message without
  * Python.  The caller becomes the ring's single consumer: the first call
  * marks the forwarder as started, so none is ever created.  Returns 1 and
  * fills level/msg, or 0 when the next slot is not published yet.  Not part

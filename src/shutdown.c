@@ -2,9 +2,10 @@
  * shutdown.c -- the two-phase stop of one interpreter, and the leak report.
  *
  * Each interpreter that imports exitguard stops in two phases, hooked where
- * CPython still guarantees a whole interpreter (cpython.md sections 2 and 5):
+ * CPython still guarantees a whole interpreter (Py_FinalizeEx and Py_EndInterpreter in
+ * Python/pylifecycle.c; docs/design.md, "Why two phases"):
  *
- *   phase 1  threading._shutdown(), wrapped (module.c): runs BEFORE
+ *   phase 1  threading._shutdown(), wrapped (py/hooks.c): runs BEFORE
  *            non-daemon Python threads are joined and before every
  *            threading._register_atexit callback, so a Python thread
  *            waiting for native work can be released by a stopper.  A

@@ -24,7 +24,7 @@
  * other waits for `reaped`.
  *
  * No peer (pybind11, nanobind, PyO3, Cython) joins native threads at exit
- * (bindings.md section 7); spead2 joins its pools from atexit, which is too
+ * (docs/porting.md shows what each does instead); spead2 joins its pools from atexit, which is too
  * late for a Python thread that waits on them.
  */
 #include "eg_internal.h"

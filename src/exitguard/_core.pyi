@@ -1,4 +1,4 @@
-# exitguard._core: the C extension (src/module.c).  exitguard re-exports all of it.
+# exitguard._core: the C extension (src/py/).  exitguard re-exports all of it.
 from types import TracebackType
 from typing import Any, Callable, Dict, Optional, Type, Union, final
 

@@ -1,12 +1,12 @@
 /*
- * event_type.c -- exitguard.Event: the Python face of eg_event (wait.c), an
+ * event_type.c -- exitguard.Event: the Python face of eg_event (event.c), an
  * event that native threads and signal handlers set and that Python waits
  * on with the GIL released.
  *
  * Every function here runs attached.  The object holds only its eg_event;
  * the shape of the wait (the GIL released around the blocking call only,
  * signal handlers run when it is interrupted, the time left recomputed from
- * a deadline) is wait.c's.  This file is the boundary between the two error
+ * a deadline) is event.c's.  This file is the boundary between the two error
  * conventions: it checks the timeout argument and turns eg_event_wait's
  * result into True, False, StoppingError (phase 1 has begun, so a waiting
  * thread never blocks exit) or the signal handler's exception.  It also

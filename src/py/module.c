@@ -226,7 +226,7 @@ eg_exec(PyObject *module)
             return -1;
         }
         /* Signal handlers run on the main thread: eg_event_wait polls in
-         * slices there (wait.c). */
+         * slices there (event.c). */
         PyObject *thr = PyImport_ImportModule("threading");
         PyObject *mt = thr ? PyObject_CallMethod(thr, "main_thread", NULL)
                            : NULL;
