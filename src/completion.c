@@ -93,16 +93,16 @@ eg__cq_fileno(eg_cq *q)
 void
 eg__cq_counts(eg_cq *q, uint64_t out[4])
 {
-    out[0] = atomic_load(&q->posted);
-    out[1] = atomic_load(&q->ran);
-    out[2] = atomic_load(&q->cancelled);
-    out[3] = atomic_load(&q->wakeups);
+    out[0] = atomic_load_explicit(&q->posted, memory_order_seq_cst);
+    out[1] = atomic_load_explicit(&q->ran, memory_order_seq_cst);
+    out[2] = atomic_load_explicit(&q->cancelled, memory_order_seq_cst);
+    out[3] = atomic_load_explicit(&q->wakeups, memory_order_seq_cst);
 }
 
 int
 eg__cq_closed(eg_cq *q)
 {
-    return atomic_load(&q->closed);
+    return atomic_load_explicit(&q->closed, memory_order_seq_cst);
 }
 
 static int
@@ -383,7 +383,9 @@ eg__cq_close_all(eg__interp *in)
         PyObject *owner = NULL;
         eg__mutex_lock(&in->cq_lock);
         for (eg_cq *c = in->cqs; c != NULL; c = c->next) {
-            if (!atomic_load(&c->closed) && Py_REFCNT(c->owner) > 0) {
+            int closed = atomic_load_explicit(&c->closed,
+                                              memory_order_seq_cst);
+            if (!closed && Py_REFCNT(c->owner) > 0) {
                 q = c;
                 /* Keep the object -- and so q -- alive while cancellation
                  * callbacks run (one of them may drop the last reference). */

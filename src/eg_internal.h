@@ -539,6 +539,14 @@ eg__interp *eg__interp_acquire(void);
 void eg__interp_release(eg__interp *in);
 /* Attached: the number of exitguard modules alive in `in`'s interpreter. */
 int eg__interp_modules(eg__interp *in);
+/* Any thread: `in`'s state (eg__state).  Sequentially consistent, as every
+ * read and write of the state is: the phases order it against the gate's
+ * close and the refusals that follow (shutdown.c). */
+static inline int
+eg__state_of(eg__interp *in)
+{
+    return atomic_load_explicit(&in->state, memory_order_seq_cst);
+}
 /* Does the calling thread's attached interpreter own `in`? */
 static inline int
 eg__attached_to(eg__interp *in)

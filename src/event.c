@@ -141,7 +141,8 @@ eg_event_wait(eg_event *ev, double timeout_s)
             return 0;
         }
         if (in != NULL && !exempt
-                && atomic_load(&in->state) >= EG_STOPPING) {
+                && atomic_load_explicit(&in->state,
+                                        memory_order_seq_cst) >= EG_STOPPING) {
             return EG_WAIT_STOPPING;
         }
         if (PyErr_CheckSignals() < 0) {

@@ -462,8 +462,10 @@ eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
     for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
         eg__loglevel *e = &eg__log.levels[i];
         uint64_t k = atomic_load_explicit(&e->key, memory_order_acquire);
+        int known = atomic_load_explicit(&e->threshold,
+                                         memory_order_seq_cst) != 0;
         if (k == EG__LOGKEY_FREE || k == EG__LOGKEY_FILLING
-                || (only_unknown && atomic_load(&e->threshold) != 0)) {
+                || (only_unknown && known)) {
             continue;
         }
         /* Decoded as on delivery ("replace"): the level is that of the
@@ -492,10 +494,13 @@ void
 eg__log_stats(uint64_t *delivered, uint64_t *dropped, uint64_t *formatted,
               uint64_t *filtered, uint64_t *to_stderr)
 {
-    *to_stderr = atomic_load(&eg__log.to_stderr);
-    *delivered = atomic_load(&eg__log.delivered);
-    *dropped = atomic_load(&eg__log.dropped);
-    *formatted = atomic_load(&eg__log.formatted);
+    *to_stderr = atomic_load_explicit(&eg__log.to_stderr,
+                                      memory_order_seq_cst);
+    *delivered = atomic_load_explicit(&eg__log.delivered,
+                                      memory_order_seq_cst);
+    *dropped = atomic_load_explicit(&eg__log.dropped, memory_order_seq_cst);
+    *formatted = atomic_load_explicit(&eg__log.formatted,
+                                      memory_order_seq_cst);
     eg__mutex_lock(&eg__log.counters_lock);
     uint64_t f = eg__log.filtered_retired;
     for (eg__logctr *c = eg__log.counters; c != NULL; c = c->next) {
@@ -517,21 +522,23 @@ eg__log_after_fork_child(void)
     }
     /* The counters of threads that did not survive stay listed (and
      * counted): their memory is the child's, never freed. */
-    atomic_store(&eg__log.started, 0);
-    atomic_store(&eg__log.sleeping, 0);
-    atomic_store(&eg__log.stop, 0);
-    atomic_store(&eg__log.producing, 0);     /* those producers are gone */
+    atomic_store_explicit(&eg__log.started, 0, memory_order_seq_cst);
+    atomic_store_explicit(&eg__log.sleeping, 0, memory_order_seq_cst);
+    atomic_store_explicit(&eg__log.stop, 0, memory_order_seq_cst);
+    /* Those producers are gone. */
+    atomic_store_explicit(&eg__log.producing, 0, memory_order_seq_cst);
     eg__reopen_eventfd(eg__log.efd);
-    uint64_t end = atomic_load(&eg__log.enqueue_pos);
+    uint64_t end = atomic_load_explicit(&eg__log.enqueue_pos,
+                                        memory_order_seq_cst);
     for (uint64_t p = eg__log.dequeue_pos; p != end; p++) {
         eg__logslot *s = &eg__log.slots[p & eg__log.mask];
-        if (atomic_load(&s->seq) != p + 1) {
+        if (atomic_load_explicit(&s->seq, memory_order_seq_cst) != p + 1) {
             s->len = 0;
             s->msg[0] = '\0';
             s->logger = NULL;
             snprintf(s->logger_name, sizeof(s->logger_name), "exitguard");
             s->level = EG_LOG_DEBUG;
-            atomic_store(&s->seq, p + 1);
+            atomic_store_explicit(&s->seq, p + 1, memory_order_seq_cst);
         }
     }
 }

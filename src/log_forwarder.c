@@ -131,22 +131,30 @@ eg__log_deliver_batch(Py_ssize_t max)
     return n;
 }
 
+/* The forwarder: has phase 2 asked it to stop?  Sequentially consistent,
+ * as eg__log_stop_and_drain's store of `stop` is. */
+static int
+eg__log_stopping(void)
+{
+    return atomic_load_explicit(&eg__log.stop, memory_order_seq_cst);
+}
+
 static void *
 eg__forwarder_main(void *unused)
 {
     (void)unused;
-    while (!atomic_load(&eg__log.stop)) {
+    while (!atomic_load_explicit(&eg__log.stop, memory_order_seq_cst)) {
         if (!eg__log_ready()) {
-            atomic_store(&eg__log.sleeping, 1);
+            atomic_store_explicit(&eg__log.sleeping, 1, memory_order_seq_cst);
             eg__full_fence();
-            if (!eg__log_ready() && !atomic_load(&eg__log.stop)) {
+            if (!eg__log_ready() && !eg__log_stopping()) {
                 struct pollfd p = {.fd = eg__log.efd, .events = POLLIN};
                 (void)poll(&p, 1, -1);
             }
             uint64_t v;
             ssize_t r = read(eg__log.efd, &v, sizeof(v));
             (void)r;
-            atomic_store(&eg__log.sleeping, 0);
+            atomic_store_explicit(&eg__log.sleeping, 0, memory_order_seq_cst);
             continue;
         }
         eg_gil st;
@@ -154,7 +162,7 @@ eg__forwarder_main(void *unused)
             /* The gate is closed: phase 2 delivers what is left. */
             break;
         }
-        while (eg__log_ready() && !atomic_load(&eg__log.stop)) {
+        while (eg__log_ready() && !eg__log_stopping()) {
             (void)eg__log_deliver_batch(EG_LOG_BATCH);
         }
         eg_gil_release(&st);
@@ -169,13 +177,14 @@ void
 eg__log_start_forwarder(void)
 {
     eg__mutex_lock(&eg__log.start_lock);
-    if (!atomic_load(&eg__log.started) && !atomic_load(&eg__log.stopped)) {
+    if (!atomic_load_explicit(&eg__log.started, memory_order_seq_cst)
+            && !atomic_load_explicit(&eg__log.stopped, memory_order_seq_cst)) {
         if (pthread_create(&eg__log.forwarder, NULL, eg__forwarder_main,
                            NULL) == 0) {
 #if defined(__linux__)
             (void)pthread_setname_np(eg__log.forwarder, "eg-log");
 #endif
-            atomic_store(&eg__log.started, 1);
+            atomic_store_explicit(&eg__log.started, 1, memory_order_seq_cst);
         }
     }
     eg__mutex_unlock(&eg__log.start_lock);
@@ -188,8 +197,8 @@ void
 eg__log_stop_and_drain(void)
 {
     eg__mutex_lock(&eg__log.start_lock);
-    int started = atomic_load(&eg__log.started);
-    atomic_store(&eg__log.stop, 1);
+    int started = atomic_load_explicit(&eg__log.started, memory_order_seq_cst);
+    atomic_store_explicit(&eg__log.stop, 1, memory_order_seq_cst);
     eg__mutex_unlock(&eg__log.start_lock);
     if (started) {
         uint64_t one = 1;
@@ -218,11 +227,12 @@ eg__log_stop_and_drain(void)
     }
     while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
     }
-    if (atomic_load(&eg__log.dropped_unreported) && eg__log.deliver) {
+    if (atomic_load_explicit(&eg__log.dropped_unreported,
+                             memory_order_seq_cst) && eg__log.deliver) {
         PyObject *r = PyObject_CallFunction(
             eg__log.deliver, "[]K",
-            (unsigned long long)atomic_exchange(&eg__log.dropped_unreported,
-                                                0));
+            (unsigned long long)atomic_exchange_explicit(&eg__log.dropped_unreported,
+                                                0, memory_order_seq_cst));
         if (r == NULL) {
             PyErr_WriteUnraisable(NULL);
         }
@@ -241,7 +251,7 @@ eg__log_pop_raw(int *level, char *msg, size_t cap)
 {
     if (!atomic_load_explicit(&eg__log.started, memory_order_relaxed)) {
         eg__mutex_lock(&eg__log.start_lock);
-        atomic_store(&eg__log.started, 1);
+        atomic_store_explicit(&eg__log.started, 1, memory_order_seq_cst);
         eg__mutex_unlock(&eg__log.start_lock);
     }
     if (!eg__log_ready()) {

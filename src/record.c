@@ -20,19 +20,23 @@ static _Atomic(unsigned long) eg__main_ident;
 void
 eg__set_main_thread(unsigned long ident)
 {
-    atomic_store(&eg__main_ident, ident);
+    atomic_store_explicit(&eg__main_ident, ident, memory_order_seq_cst);
 }
 
 int
 eg__on_main_thread(void)
 {
-    return atomic_load(&eg__main_ident) == (unsigned long)pthread_self();
+    unsigned long main = atomic_load_explicit(&eg__main_ident,
+                                              memory_order_seq_cst);
+    return main == (unsigned long)pthread_self();
 }
 
 int
 eg__is_phase_thread(eg__interp *in)
 {
-    return atomic_load(&in->phase_thread) == (unsigned long)pthread_self();
+    unsigned long phases = atomic_load_explicit(&in->phase_thread,
+                                                memory_order_seq_cst);
+    return phases == (unsigned long)pthread_self();
 }
 
 pthread_mutex_t eg__records_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -381,7 +381,8 @@ closed:
     PyErr_Format(PyExc_RuntimeError,
                  "eg_ref_new: exitguard is %s in this interpreter; "
                  "references are closed once phase 2 has begun",
-                 eg__state_name(atomic_load(&in->state)));
+                 eg__state_name(atomic_load_explicit(&in->state,
+                                                     memory_order_seq_cst)));
     return NULL;
 }
 

@@ -67,7 +67,8 @@ eg__registry_sweep(eg__interp *in, int track)
 {
     eg__registry *reg = &in->refs;
     void *cache = NULL;
-    atomic_store(&reg->swept_pid, (int)getpid());
+    atomic_store_explicit(&reg->swept_pid, (int)getpid(),
+                          memory_order_seq_cst);
     /* The state reads RELEASING (shutdown.c): order that before every load
      * of a slot, in every thread's view (the heavy side of eg_ref_new's and
      * eg_ref_release's pairs).  If membarrier let us down, light fences that

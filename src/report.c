@@ -96,6 +96,13 @@ typedef struct {
     uint64_t dropped;       /* decrefs never applied: objects leaked */
 } eg__tally;
 
+/* An entry's count of references its owner still has not released. */
+static uint64_t
+eg__outstanding(eg__leak *l)
+{
+    return atomic_load_explicit(&l->outstanding, memory_order_seq_cst);
+}
+
 /* Is this record this process's to report?  One whose phase 2 never ran
  * is (nothing released what it holds).  One that stopped is only for the
  * process that swept it: not for a forked child of that process, nor for
@@ -104,19 +111,21 @@ typedef struct {
 static int
 eg__record_is_ours(eg__interp *in, int pid)
 {
-    return atomic_load(&in->state) < EG_RELEASING
-        || atomic_load(&in->refs.swept_pid) == pid;
+    return atomic_load_explicit(&in->state,
+                                memory_order_seq_cst) < EG_RELEASING
+        || atomic_load_explicit(&in->refs.swept_pid,
+                                memory_order_seq_cst) == pid;
 }
 
 /* The report's thread: what the record leaks, at the very end. */
 static void
 eg__tally_record(eg__interp *in, eg__tally *t)
 {
-    int state = atomic_load(&in->state);
+    int state = atomic_load_explicit(&in->state, memory_order_seq_cst);
     t->unreleased = eg__report_unreleased(in);
     t->still_held = state < EG_RELEASING ? eg__registry_live(&in->refs) : 0;
     /* At the very end nothing will apply a queued decref any more. */
-    t->dropped = atomic_load(&in->queue.dropped)
+    t->dropped = atomic_load_explicit(&in->queue.dropped, memory_order_seq_cst)
                + eg__decref_pending_count(in);
 }
 
@@ -177,7 +186,7 @@ eg__print_record(eg__interp *in, const eg__tally *t)
         eg__leak **v = eg__leaks_sorted(in, &n);
         for (size_t i = 0; v != NULL && i < n; i++) {
             fprintf(stderr, "exitguard:     %6llu %s created at %s\n",
-                    (unsigned long long)atomic_load(&v[i]->outstanding),
+                    (unsigned long long)eg__outstanding(v[i]),
                     v[i]->type_name ? v[i]->type_name : "(unknown type)",
                     v[i]->where ? v[i]->where : "(unknown site)");
         }
@@ -219,7 +228,7 @@ eg__json_str(FILE *f, const char *s)
 static void
 eg__json_record(FILE *f, eg__interp *in, const eg__tally *t, int first)
 {
-    int state = atomic_load(&in->state);
+    int state = atomic_load_explicit(&in->state, memory_order_seq_cst);
     fprintf(f, "%s\n  {\"id\": %lld, \"main\": %s, \"state\": \"%s\", "
             "\"gate\": \"%s\"", first ? "" : ",", (long long)in->id,
             in->is_main ? "true" : "false", eg__state_name(state),
@@ -228,22 +237,30 @@ eg__json_record(FILE *f, eg__interp *in, const eg__tally *t, int first)
     uint64_t attach_ok = eg__gate_attaches(&in->gate, &guards);
     struct { const char *key; uint64_t v; } c[] = {
         {"refs_live", eg__registry_live(&in->refs)},
-        {"refs_released_at_exit", atomic_load(&in->refs.swept)},
+        {"refs_released_at_exit", atomic_load_explicit(&in->refs.swept,
+                                                       memory_order_seq_cst)},
         {"refs_unreleased", t->unreleased},
         {"decref_queued", 0},
-        {"decref_applied", atomic_load(&in->queue.applied)},
+        {"decref_applied", atomic_load_explicit(&in->queue.applied,
+                                                memory_order_seq_cst)},
         {"decref_dropped", t->dropped},
-        {"decref_spilled", atomic_load(&in->queue.spilled)},
-        {"kicks", atomic_load(&in->queue.kicks)},
+        {"decref_spilled", atomic_load_explicit(&in->queue.spilled,
+                                                memory_order_seq_cst)},
+        {"kicks", atomic_load_explicit(&in->queue.kicks,
+                                       memory_order_seq_cst)},
         {"stoppers", eg__stoppers_count(in)},
         {"stopper_errors", eg__stoppers_errors(in)},
         {"threads_live", eg__threads_live(in)},
-        {"threads_abandoned", atomic_load(&in->threads_abandoned)},
-        {"gate_abandoned", atomic_load(&in->gate_abandoned)},
+        {"threads_abandoned", atomic_load_explicit(&in->threads_abandoned,
+                                                   memory_order_seq_cst)},
+        {"gate_abandoned", atomic_load_explicit(&in->gate_abandoned,
+                                                memory_order_seq_cst)},
         {"attach_ok", attach_ok},
-        {"attach_refused", atomic_load(&in->gate.attach_refused)},
+        {"attach_refused", atomic_load_explicit(&in->gate.attach_refused,
+                                                memory_order_seq_cst)},
         {"attach_guards", guards},
-        {"tstates_reaped", atomic_load(&in->gate.reaped)},
+        {"tstates_reaped", atomic_load_explicit(&in->gate.reaped,
+                                                memory_order_seq_cst)},
         {"interpreter_id", (uint64_t)in->id},
     };
     for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
@@ -256,7 +273,7 @@ eg__json_record(FILE *f, eg__interp *in, const eg__tally *t, int first)
         fprintf(f, "%s{\"type\": ", i ? ", " : "");
         eg__json_str(f, v[i]->type_name ? v[i]->type_name : "(unknown type)");
         fprintf(f, ", \"count\": %llu, \"where\": ",
-                (unsigned long long)atomic_load(&v[i]->outstanding));
+                (unsigned long long)eg__outstanding(v[i]));
         eg__json_str(f, v[i]->where ? v[i]->where : "");
         fputc('}', f);
     }

@@ -63,7 +63,8 @@ eg__phase1(eg__interp *in)
             memory_order_seq_cst, memory_order_relaxed)) {
         return;                 /* already stopping or stopped */
     }
-    atomic_store(&in->phase_thread, (unsigned long)pthread_self());
+    atomic_store_explicit(&in->phase_thread, (unsigned long)pthread_self(),
+                          memory_order_seq_cst);
     /* Wake every eg_event_wait of this interpreter: it returns
      * EG_WAIT_STOPPING rather than block exit (the fd stays readable). */
     uint64_t one = 1;
@@ -77,13 +78,14 @@ eg__phase1(eg__interp *in)
      * may be what unblocks them.  They may still attach while finishing:
      * the gate stays open until phase 2. */
     size_t abandoned = eg__threads_stop_all(in, eg__join_timeout);
-    atomic_fetch_add(&in->threads_abandoned, abandoned);
+    atomic_fetch_add_explicit(&in->threads_abandoned, abandoned,
+                              memory_order_seq_cst);
 }
 
 void
 eg__phase2(eg__interp *in)
 {
-    if (atomic_load(&in->state) == EG_RUNNING) {
+    if (atomic_load_explicit(&in->state, memory_order_seq_cst) == EG_RUNNING) {
         eg__phase1(in);
     }
     int expected = EG_STOPPING;
@@ -94,7 +96,8 @@ eg__phase2(eg__interp *in)
         return;
     }
 
-    atomic_store(&in->phase_thread, (unsigned long)pthread_self());
+    atomic_store_explicit(&in->phase_thread, (unsigned long)pthread_self(),
+                          memory_order_seq_cst);
     /* Native log messages still queued are delivered while the gate is
      * open (the main interpreter owns the process's log system). */
     if (in->is_main) {
@@ -104,7 +107,8 @@ eg__phase2(eg__interp *in)
     /* Close the gate before releasing anything: from here no native thread
      * can attach, and the ones inside have left (or were named). */
     uint64_t inside = eg__gate_close(in, eg__join_timeout);
-    atomic_fetch_add(&in->gate_abandoned, inside);
+    atomic_fetch_add_explicit(&in->gate_abandoned, inside,
+                              memory_order_seq_cst);
     /* 3.13.0's anchor (eg_compat.h) goes now: no native thread can make a
      * state any more, and Py_EndInterpreter wants to be the last -- unless
      * CPython's own ending already deleted it (finalize_subinterpreters

@@ -247,7 +247,7 @@ eg_stopper_add(void (*stop)(void *arg), void *arg)
             PyErr_Format(PyExc_RuntimeError,
                          "eg_stopper_add: phase 1 has already run in this "
                          "interpreter (exitguard is %s)",
-                         eg__state_name(atomic_load(&in->state)));
+                         eg__state_name(eg__state_of(in)));
         }
     }
     return s;

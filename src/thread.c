@@ -398,7 +398,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
     size_t i = 0;
     for (struct eg_thread *t = th->first; t != NULL; t = t->next) {
         t->refs++;                       /* phase 1's reference */
-        atomic_store(&t->stop_requested, 1);
+        atomic_store_explicit(&t->stop_requested, 1, memory_order_seq_cst);
         todo[i++] = t;
     }
     eg__mutex_unlock(&th->lock);
@@ -436,7 +436,7 @@ eg__threads_stop_all(eg__interp *in, double timeout_s)
             rc = eg__wait_reaped(th, t, &deadline, 0);
         }
         if (rc < 0) {
-            atomic_store(&t->abandoned, 1);
+            atomic_store_explicit(&t->abandoned, 1, memory_order_seq_cst);
             /* An owner waiting in eg_thread_join gives up at once. */
             pthread_cond_broadcast(&th->cond);
             abandoned++;

@@ -260,11 +260,7 @@ static PyType_Slot cq_slots[] = {
 PyType_Spec eg__cq_spec = {
     .name = "exitguard.CompletionQueue",
     .basicsize = sizeof(CQObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
-#if PY_VERSION_HEX >= 0x030A0000
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | EG__TPFLAGS_IMMUTABLE,
     .slots = cq_slots,
 };
 

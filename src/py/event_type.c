@@ -184,10 +184,6 @@ static PyType_Slot event_slots[] = {
 PyType_Spec eg__event_spec = {
     .name = "exitguard.Event",
     .basicsize = sizeof(EventObject),
-    .flags = Py_TPFLAGS_DEFAULT
-#if PY_VERSION_HEX >= 0x030A0000
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
+    .flags = Py_TPFLAGS_DEFAULT | EG__TPFLAGS_IMMUTABLE,
     .slots = event_slots,
 };

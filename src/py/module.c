@@ -40,7 +40,7 @@ static PyObject *
 eg_py_state(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     eg__interp *in = eg__get_state(module)->rec;
-    return PyUnicode_FromString(eg__state_name(atomic_load(&in->state)));
+    return PyUnicode_FromString(eg__state_name(eg__state_of(in)));
 }
 
 static PyObject *
@@ -128,7 +128,7 @@ static PyMethodDef eg_methods[] = {
 static void
 eg__late_phase2(eg__interp *in, int from_dict)
 {
-    if (atomic_load(&in->state) == EG_STOPPED || eg__interp_modules(in) != 1) {
+    if (eg__state_of(in) == EG_STOPPED || eg__interp_modules(in) != 1) {
         return;
     }
     if (from_dict && !Py_IsFinalizing()) {

@@ -30,14 +30,22 @@ const char eg__py_stats_doc[] = PyDoc_STR(
 "stats() -> dict\n\n"
 "Counters of this interpreter's exitguard (see docs/api.md for each key).");
 
+/* A counter, for statistics: relaxed (a count may be a moment stale; nothing
+ * is ordered by reading it). */
+static uint64_t
+eg__count(_Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
 PyObject *
 eg__py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
     eg__interp *in = eg__get_state(module)->rec;
     eg__decref_queue *q = &in->queue;
-    int state = atomic_load(&in->state);
+    int state = eg__state_of(in);
     uint64_t pending = eg__decref_pending_count(in);
-    uint64_t dropped = atomic_load(&q->dropped);
+    uint64_t dropped = eg__count(&q->dropped);
     if (state == EG_STOPPED) {
         dropped += pending;     /* never applied now: leaked, counted */
         pending = 0;
@@ -62,30 +70,30 @@ eg__py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
     uint64_t attach_ok = eg__gate_attaches(&in->gate, &attach_guards);
     if (eg__set_u64(d, "refs_live", eg__registry_live(&in->refs)) < 0
         || eg__set_u64(d, "refs_released_at_exit",
-                       atomic_load(&in->refs.swept)) < 0
+                       eg__count(&in->refs.swept)) < 0
         || eg__set_u64(d, "refs_unreleased", eg__report_unreleased(in)) < 0
         || eg__set_u64(d, "decref_queued", pending) < 0
-        || eg__set_u64(d, "decref_applied", atomic_load(&q->applied)) < 0
+        || eg__set_u64(d, "decref_applied", eg__count(&q->applied)) < 0
         || eg__set_u64(d, "decref_dropped", dropped) < 0
-        || eg__set_u64(d, "decref_spilled", atomic_load(&q->spilled)) < 0
-        || eg__set_u64(d, "kicks", atomic_load(&q->kicks)) < 0
+        || eg__set_u64(d, "decref_spilled", eg__count(&q->spilled)) < 0
+        || eg__set_u64(d, "kicks", eg__count(&q->kicks)) < 0
         || eg__set_u64(d, "stoppers", eg__stoppers_count(in)) < 0
         || eg__set_u64(d, "stopper_errors", eg__stoppers_errors(in)) < 0
         || eg__set_u64(d, "threads_live", eg__threads_live(in)) < 0
         || eg__set_u64(d, "threads_abandoned",
-                       atomic_load(&in->threads_abandoned)) < 0
+                       eg__count(&in->threads_abandoned)) < 0
         || eg__set_u64(d, "gate_abandoned",
-                       atomic_load(&in->gate_abandoned)) < 0
+                       eg__count(&in->gate_abandoned)) < 0
         || eg__set_u64(d, "attach_ok", attach_ok) < 0
         || eg__set_u64(d, "attach_refused",
-                       atomic_load(&in->gate.attach_refused)) < 0
+                       eg__count(&in->gate.attach_refused)) < 0
         || eg__set_u64(d, "attach_guards", attach_guards) < 0
-        || eg__set_u64(d, "tstates_reaped", atomic_load(&in->gate.reaped)) < 0
+        || eg__set_u64(d, "tstates_reaped", eg__count(&in->gate.reaped)) < 0
         || PyDict_SetItemString(d, "pep788",
                                 EG_HAVE_PEP788 ? Py_True : Py_False) < 0
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0
         || eg__set_u64(d, "record_generation",
-                       atomic_load(&in->generation)) < 0
+                       eg__count(&in->generation)) < 0
         || eg__set_u64(d, "records", eg__records_allocated()) < 0) {
         goto fail;
     }

@@ -34,10 +34,11 @@ static void
 exitstopper_run(void *arg)
 {
     ExitStopperObject *self = (ExitStopperObject *)arg;
-    if (atomic_exchange(&self->stopper, NULL) == NULL) {
+    if (atomic_exchange_explicit(&self->stopper, NULL,
+                                 memory_order_seq_cst) == NULL) {
         return;    /* cancelled concurrently; cancel() frees the entry */
     }
-    atomic_store(&self->ran, 1);
+    atomic_store_explicit(&self->ran, 1, memory_order_seq_cst);
     PyObject *r = PyObject_Call(self->callback, self->args, self->kwargs);
     if (r == NULL) {
         /* Goes to sys.unraisablehook; the other stoppers still run.
@@ -141,11 +142,11 @@ exitstopper_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                          "exit_stopper(): phase 1 has already run in this "
                          "interpreter (exitguard is %s); stop the work "
                          "directly instead",
-                         eg__state_name(atomic_load(&st->rec->state)));
+                         eg__state_name(eg__state_of(st->rec)));
         }
         goto fail;
     }
-    atomic_store(&self->stopper, s);
+    atomic_store_explicit(&self->stopper, s, memory_order_seq_cst);
     return (PyObject *)self;
 
 fail:
@@ -192,7 +193,8 @@ PyDoc_STRVAR(exitstopper_cancel_doc,
 static PyObject *
 exitstopper_cancel(ExitStopperObject *self, PyObject *Py_UNUSED(ignored))
 {
-    eg_stopper *s = atomic_exchange(&self->stopper, NULL);
+    eg_stopper *s = atomic_exchange_explicit(&self->stopper, NULL,
+                                             memory_order_seq_cst);
     if (s == NULL) {
         Py_RETURN_FALSE;
     }
@@ -221,8 +223,9 @@ exitstopper_after(ExitStopperObject *self, PyObject *first)
     /* XXX: on free-threaded builds a cancel() racing with after() on the
      * same stopper could free the entry between these loads and the call;
      * the GIL excludes that elsewhere. */
-    eg_stopper *a = atomic_load(&((ExitStopperObject *)first)->stopper);
-    eg_stopper *b = atomic_load(&self->stopper);
+    eg_stopper *a = atomic_load_explicit(&((ExitStopperObject *)first)->stopper,
+                                         memory_order_seq_cst);
+    eg_stopper *b = atomic_load_explicit(&self->stopper, memory_order_seq_cst);
     if (a == NULL || b == NULL) {
         PyErr_SetString(PyExc_ValueError,
                         "after(): both stoppers must still be active "
@@ -261,13 +264,15 @@ exitstopper_exit(ExitStopperObject *self, PyObject *args)
 static PyObject *
 exitstopper_get_active(ExitStopperObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(atomic_load(&self->stopper) != NULL);
+    return PyBool_FromLong(atomic_load_explicit(&self->stopper,
+                                                memory_order_seq_cst) != NULL);
 }
 
 static PyObject *
 exitstopper_get_ran(ExitStopperObject *self, void *Py_UNUSED(closure))
 {
-    return PyBool_FromLong(atomic_load(&self->ran));
+    return PyBool_FromLong(atomic_load_explicit(&self->ran,
+                                                memory_order_seq_cst));
 }
 
 static PyObject *
@@ -279,8 +284,10 @@ exitstopper_get_callback(ExitStopperObject *self, void *Py_UNUSED(closure))
 static PyObject *
 exitstopper_repr(ExitStopperObject *self)
 {
-    const char *what = atomic_load(&self->stopper) ? "active"
-                     : atomic_load(&self->ran) ? "ran" : "cancelled";
+    int active = atomic_load_explicit(&self->stopper,
+                                      memory_order_seq_cst) != NULL;
+    int ran = atomic_load_explicit(&self->ran, memory_order_seq_cst);
+    const char *what = active ? "active" : ran ? "ran" : "cancelled";
     return PyUnicode_FromFormat("<exitguard.ExitStopper %R %s>",
                                 self->callback, what);
 }
@@ -327,10 +334,6 @@ static PyType_Slot exitstopper_slots[] = {
 PyType_Spec eg__exitstopper_spec = {
     .name = "exitguard.ExitStopper",
     .basicsize = sizeof(ExitStopperObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
-#if PY_VERSION_HEX >= 0x030A0000
-             | Py_TPFLAGS_IMMUTABLETYPE
-#endif
-    ,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | EG__TPFLAGS_IMMUTABLE,
     .slots = exitstopper_slots,
 };
