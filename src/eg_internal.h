@@ -359,7 +359,7 @@ void eg__stoppers_reset(eg__stoppers *st);
 void eg__stoppers_note_error(eg__interp *in);
 uint64_t eg__stoppers_errors(eg__interp *in);
 
-/* ---- Attach gate and thread-state cache (gate.c) ------------------------ */
+/* ---- Attach gate (gate.c) and thread-state cache (tstates.c) ------------ */
 
 typedef struct eg__tsentry eg__tsentry;
 
@@ -401,20 +401,11 @@ uint64_t eg__gate_close(eg__interp *in, double timeout_s);
  * clean-up that needs the interpreter.  Idempotent.  Returns how many were
  * still inside.  eg__gate_close is this plus the clean-up. */
 uint64_t eg__gate_shut(eg__interp *in, const struct timespec *deadline);
-/* The calling thread, not attached, is about to exit: hand its cached
- * thread states to their interpreters, whose next attached thread deletes
- * them.  Never attaches, never blocks on the GIL.  For threads exitguard
- * starts, called before they return; other threads get it from a pthread
- * key destructor. */
-void eg__tstates_release_self(void);
 /* eg_gil_ensure for a record: `view` and `gen` are a handle's (NULL and 0
  * for the record's current life: the kicker's way in, and the main
  * interpreter's). */
 int eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
                           eg_gil *st);
-/* Attached to `in`: delete the thread states of threads that have exited
- * (one relaxed load when there are none). */
-void eg__tstates_reap(eg__interp *in);
 /* Forked child, attached (the os.register_at_fork hook): close the PEP 788
  * guards that threads which vanished with the fork held (3.15). */
 void eg__gate_close_fork_orphans(eg__interp *in);
@@ -423,6 +414,52 @@ const char *eg__gate_state_name(eg__gate *g);
  * binds its eg_thread's `abandoned` flag for the threads it starts; NULL
  * unbinds).  No GIL needed. */
 void eg__gate_bind_abandoned(const _Atomic int *flag);
+
+/* The thread-state cache (tstates.c): one entry per (OS thread,
+ * interpreter), linked from its thread and, while it holds a state, from
+ * the interpreter's gate.  gate.c's attach and release use its fields
+ * directly; calls go from gate.c to tstates.c only. */
+struct eg__tsentry {
+    eg__interp *rec;
+    PyThreadState *ts;          /* under rec->gate.ts_lock; NULL: none */
+    /* The thread's seat in the gate's door: `seat.inside` is the number of
+     * attaches through this entry now (owner writes; others read it under
+     * ts_lock, for messages and stuck guards only). */
+    eg__door_seat seat;
+    _Atomic uint64_t attaches;  /* successful attaches; owner writes */
+    _Atomic uint64_t guards;    /* PEP 788 guards taken; owner writes */
+    int dead;                   /* under ts_lock: the owner has exited */
+    _Atomic(eg__pyguard *) guard;   /* held while seat.inside > 0 */
+    struct eg__tsentry *tls_next;             /* the owning thread's */
+    struct eg__tsentry *rec_prev, *rec_next;  /* under ts_lock, with ts */
+};
+
+/* The calling thread, not attached, is about to exit: hand its cached
+ * thread states to their interpreters, whose next attached thread deletes
+ * them.  Never attaches, never blocks on the GIL.  For threads exitguard
+ * starts, called before they return; other threads get it from a pthread
+ * key destructor. */
+void eg__tstates_release_self(void);
+/* Attached to `in`: delete the thread states of threads that have exited
+ * (one relaxed load when there are none). */
+void eg__tstates_reap(eg__interp *in);
+/* The calling thread, not attached, no thread state needed (raw malloc
+ * only): its entry for `in`, created on first use with no thread state yet
+ * and its seat in the gate's door.  NULL when out of memory. */
+eg__tsentry *eg__tstates_entry(eg__interp *in);
+/* e's owning thread, inside the gate with its guard held, not attached (no
+ * GIL needed): give e a new thread state of `in` and list it in the gate.
+ * Returns 0 or -ENOMEM. */
+int eg__tstates_new_tstate(eg__interp *in, eg__tsentry *e);
+/* Any thread, caller holds g->ts_lock: take e out of the gate's list, its
+ * counts into the gate's. */
+void eg__tstates_unlink(eg__gate *g, eg__tsentry *e);
+/* Forked child (pthread_atfork), no Python API, after
+ * eg__gate_after_fork_child re-made the gate's lock and door: forget the
+ * cached states but the one this thread is attached through, set aside the
+ * entries of vanished threads that held PEP 788 guards (fork_orphans), and
+ * put this thread's seats back in the door. */
+void eg__tstates_after_fork_child(eg__interp *in);
 
 /* ---- Native threads (thread.c) ------------------------------------------- */
 
