@@ -110,20 +110,15 @@ typedef struct {
     eg__interp *last_interp;   /* one-entry cache of the last lookup */
     eg__lane *last_lane;
     eg__lane *lanes;           /* all of this thread's lanes */
-    int key_set;               /* the exit destructor is armed */
 } eg__tls_lanes;
 
 static _Thread_local eg__tls_lanes eg__tls EG__TLS_IE;
 
-static pthread_key_t eg__tls_key;
-static pthread_once_t eg__tls_once = PTHREAD_ONCE_INIT;
-
-/* Thread exit (pthread key destructor): hand every lane of this thread to
- * its drainer, which frees it once empty.  No thread state, no GIL. */
+/* Thread exit (thread_exit.c): hand every lane of this thread to its
+ * drainer, which frees it once empty.  No thread state, no GIL. */
 static void
-eg__tls_destructor(void *unused)
+eg__lanes_at_exit(void)
 {
-    (void)unused;
     eg__lane *next;
     for (eg__lane *l = eg__tls.lanes; l != NULL; l = next) {
         /* Read the link first: once orphaned is set the drainer may free
@@ -134,14 +129,6 @@ eg__tls_destructor(void *unused)
         atomic_store_explicit(&l->orphaned, 1, memory_order_release);
     }
     memset(&eg__tls, 0, sizeof(eg__tls));
-}
-
-static void
-eg__tls_key_create(void)
-{
-    if (pthread_key_create(&eg__tls_key, eg__tls_destructor) != 0) {
-        abort();
-    }
 }
 
 static eg__seg *
@@ -178,12 +165,7 @@ eg__lane_lookup(eg__interp *in)
     memset(l, 0, sizeof(*l));
     l->owner = in;
     l->wseg = l->rseg = seg;
-    if (!eg__tls.key_set) {
-        pthread_once(&eg__tls_once, eg__tls_key_create);
-        /* Any non-NULL value arms the destructor. */
-        (void)pthread_setspecific(eg__tls_key, &eg__tls);
-        eg__tls.key_set = 1;
-    }
+    (void)eg__thread_exit_arm(EG__EXIT_DECREF_LANES, eg__lanes_at_exit);
     l->tls_next = eg__tls.lanes;
     eg__tls.lanes = l;
 

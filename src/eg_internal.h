@@ -111,6 +111,28 @@ eg__mutex_unlock(pthread_mutex_t *m)
  * reader registration valid.  Async-signal-safe. */
 void eg__reopen_eventfd(int fd);
 
+/* ---- The thread-exit hook (thread_exit.c) ----------------------------------
+ * What exitguard keeps per thread, handed back at the thread's exit by one
+ * pthread key's destructor, in this order.  None of the parts depends on
+ * another; a part that comes to depend on one says so here. */
+typedef enum {
+    EG__EXIT_LOG_COUNTS,       /* log.c: the filtered-message counter */
+    EG__EXIT_REF_CACHE,        /* registry.c: the reference slot cache */
+    EG__EXIT_DECREF_LANES,     /* decref.c: the lanes, to their drainers */
+    EG__EXIT_TSTATES,          /* tstates.c: thread states, to their interpreters */
+    EG__EXIT_NPARTS
+} eg__exit_part;
+
+typedef void (*eg__exit_fn)(void);
+
+/* Any thread, no thread state: run fn (the same one at every arm of
+ * `part`) when the calling thread exits, after the parts before it.  Once
+ * per thread until the exit runs it (a part used again afterwards, from a
+ * later destructor, arms again).  Cheap when armed: one thread-local load.
+ * Returns 0, or -ENOMEM when pthread_setspecific fails (the part is then
+ * not run at this thread's exit).  Aborts if no pthread key is left. */
+int eg__thread_exit_arm(eg__exit_part part, eg__exit_fn fn);
+
 /* Print "exitguard: fatal: <msg>" and abort.  For broken invariants only
  * (double release in debug builds); GIL-free, async-signal-unsafe. */
 EG_COLD void eg__fatal(const char *msg);
@@ -437,16 +459,31 @@ struct eg__tsentry {
 /* The calling thread, not attached, is about to exit: hand its cached
  * thread states to their interpreters, whose next attached thread deletes
  * them.  Never attaches, never blocks on the GIL.  For threads exitguard
- * starts, called before they return; other threads get it from a pthread
- * key destructor. */
+ * starts, called before they return; other threads get it from the
+ * thread-exit hook (thread_exit.c). */
 void eg__tstates_release_self(void);
 /* Attached to `in`: delete the thread states of threads that have exited
  * (one relaxed load when there are none). */
 void eg__tstates_reap(eg__interp *in);
+/* The calling thread's entries, newest first (tstates.c). */
+extern _Thread_local eg__tsentry *eg__tls_entries EG__TLS_IE;
+/* eg__tstates_entry's slow path: create the calling thread's entry for
+ * `in`.  NULL when out of memory. */
+EG_NOINLINE eg__tsentry *eg__tstates_entry_new(eg__interp *in);
 /* The calling thread, not attached, no thread state needed (raw malloc
  * only): its entry for `in`, created on first use with no thread state yet
- * and its seat in the gate's door.  NULL when out of memory. */
-eg__tsentry *eg__tstates_entry(eg__interp *in);
+ * and its seat in the gate's door.  NULL when out of memory.  Inline: the
+ * lookup is on every outermost attach. */
+static inline eg__tsentry *
+eg__tstates_entry(eg__interp *in)
+{
+    for (eg__tsentry *e = eg__tls_entries; e != NULL; e = e->tls_next) {
+        if (e->rec == in) {
+            return e;
+        }
+    }
+    return eg__tstates_entry_new(in);
+}
 /* e's owning thread, inside the gate with its guard held, not attached (no
  * GIL needed): give e a new thread state of `in` and list it in the gate.
  * Returns 0 or -ENOMEM. */

@@ -95,14 +95,14 @@ static _Thread_local struct {
     eg__logctr *ctr;
 } eg__log_self EG__TLS_IE;
 
-static pthread_key_t eg__logctr_key;
-static pthread_once_t eg__logctr_once = PTHREAD_ONCE_INIT;
-
-/* Thread exit (key destructor), no thread state: fold the count in. */
+/* Thread exit (thread_exit.c), no thread state: fold the count in. */
 static void
-eg__logctr_destructor(void *arg)
+eg__logctr_at_exit(void)
 {
-    eg__logctr *c = arg;
+    eg__logctr *c = eg__log_self.ctr;
+    if (c == NULL) {
+        return;
+    }
     eg__mutex_lock(&eg__log.counters_lock);
     eg__log.filtered_retired += atomic_load_explicit(&c->filtered,
                                                      memory_order_relaxed);
@@ -120,23 +120,16 @@ eg__logctr_destructor(void *arg)
     free(c);
 }
 
-static void
-eg__logctr_key_create(void)
-{
-    if (pthread_key_create(&eg__logctr_key, eg__logctr_destructor) != 0) {
-        abort();
-    }
-}
-
 /* Count one filtered message for the calling thread. */
 static inline void
 eg__log_count_filtered(void)
 {
     eg__logctr *c = eg__log_self.ctr;
     if (EG_UNLIKELY(c == NULL)) {
-        pthread_once(&eg__logctr_once, eg__logctr_key_create);
         c = calloc(1, sizeof(*c));
-        if (c == NULL || pthread_setspecific(eg__logctr_key, c) != 0) {
+        if (c == NULL
+                || eg__thread_exit_arm(EG__EXIT_LOG_COUNTS,
+                                       eg__logctr_at_exit) != 0) {
             free(c);
             return;                  /* out of memory: one count lost */
         }

@@ -193,9 +193,6 @@ typedef struct {
 
 static _Thread_local eg__ref_cache *eg__rcache EG__TLS_IE;
 
-static pthread_key_t eg__rcache_key;
-static pthread_once_t eg__rcache_once = PTHREAD_ONCE_INIT;
-
 /* The first `n` slots of c back to their record's free list, as one chain. */
 static void
 eg__rcache_spill(eg__ref_cache *c, uint32_t n)
@@ -213,25 +210,20 @@ eg__rcache_spill(eg__ref_cache *c, uint32_t n)
     c->n -= n;
 }
 
-/* Thread exit (key destructor): the cache goes back.  No thread state
+/* Thread exit (thread_exit.c): the cache goes back.  No thread state
  * needed: atomics only. */
 static void
-eg__rcache_destructor(void *arg)
+eg__rcache_at_exit(void)
 {
-    eg__ref_cache *c = arg;
+    eg__ref_cache *c = eg__rcache;
     eg__rcache = NULL;
+    if (c == NULL) {
+        return;
+    }
     if (c->rec != NULL) {
         eg__rcache_spill(c, c->n);
     }
     free(c);
-}
-
-static void
-eg__rcache_key_create(void)
-{
-    if (pthread_key_create(&eg__rcache_key, eg__rcache_destructor) != 0) {
-        abort();
-    }
 }
 
 /* The calling thread's cache, made on first use; NULL when out of memory
@@ -243,9 +235,9 @@ eg__rcache_get(void)
     if (EG_LIKELY(c != NULL)) {
         return c;
     }
-    pthread_once(&eg__rcache_once, eg__rcache_key_create);
     c = calloc(1, sizeof(*c));
-    if (c == NULL || pthread_setspecific(eg__rcache_key, c) != 0) {
+    if (c == NULL
+            || eg__thread_exit_arm(EG__EXIT_REF_CACHE, eg__rcache_at_exit) != 0) {
         free(c);
         return NULL;
     }

@@ -25,14 +25,7 @@
 
 /* ---- Entries --------------------------------------------------------------- */
 
-typedef struct {
-    eg__tsentry *entries;
-    int key_set;
-} eg__tls_states;
-
-static _Thread_local eg__tls_states eg__tls_ts EG__TLS_IE;
-static pthread_key_t eg__ts_key;
-static pthread_once_t eg__ts_once = PTHREAD_ONCE_INIT;
+_Thread_local eg__tsentry *eg__tls_entries EG__TLS_IE;
 
 /* Under ts_lock: move e's counts into the gate's (statistics sum the
  * listed entries' counts and the gate's). */
@@ -92,8 +85,8 @@ eg__link_entry(eg__gate *g, eg__tsentry *e)
 void
 eg__tstates_release_self(void)
 {
-    eg__tsentry *e = eg__tls_ts.entries;
-    eg__tls_ts.entries = NULL;
+    eg__tsentry *e = eg__tls_entries;
+    eg__tls_entries = NULL;
     while (e != NULL) {
         eg__tsentry *next = e->tls_next;
         eg__gate *g = &e->rec->gate;
@@ -166,48 +159,26 @@ eg__tstates_reap(eg__interp *in)
     }
 }
 
-/* Thread exit (pthread key destructor) of a thread exitguard did not
- * start: same as eg__tstates_release_self(). */
-static void
-eg__ts_destructor(void *unused)
-{
-    (void)unused;
-    eg__tstates_release_self();
-}
 
-static void
-eg__ts_key_create(void)
+/* eg__tstates_entry's slow path: this thread's entry for `in`, made with
+ * no thread state yet and its seat in the gate's door (an entry of a
+ * closed gate is harmless: records live for ever, and a reused one takes it
+ * up again).  NULL when out of memory. */
+EG_NOINLINE eg__tsentry *
+eg__tstates_entry_new(eg__interp *in)
 {
-    if (pthread_key_create(&eg__ts_key, eg__ts_destructor) != 0) {
-        abort();
-    }
-}
-
-/* This thread's entry for `in`: created on first use, with no thread state
- * yet and its seat in the gate's door (an entry of a closed gate is
- * harmless: records live for ever, and a reused one takes it up again).
- * NULL when out of memory. */
-eg__tsentry *
-eg__tstates_entry(eg__interp *in)
-{
-    eg__tsentry *e;
-    for (e = eg__tls_ts.entries; e != NULL; e = e->tls_next) {
-        if (e->rec == in) {
-            return e;
-        }
-    }
-    e = calloc(1, sizeof(*e));
+    eg__tsentry *e = calloc(1, sizeof(*e));
     if (e == NULL) {
         return NULL;
     }
     e->rec = in;
-    if (!eg__tls_ts.key_set) {
-        pthread_once(&eg__ts_once, eg__ts_key_create);
-        (void)pthread_setspecific(eg__ts_key, &eg__tls_ts);
-        eg__tls_ts.key_set = 1;
-    }
-    e->tls_next = eg__tls_ts.entries;
-    eg__tls_ts.entries = e;
+    /* Threads exitguard starts hand their states over before they return;
+     * every other thread at its exit (thread_exit.c).  Armed once per
+     * thread; should pthread_setspecific fail, this thread's states are
+     * deleted with their interpreter instead (as before). */
+    (void)eg__thread_exit_arm(EG__EXIT_TSTATES, eg__tstates_release_self);
+    e->tls_next = eg__tls_entries;
+    eg__tls_entries = e;
     eg__door_seat_add(&in->gate.door, &e->seat);
     return e;
 }
@@ -243,7 +214,7 @@ eg__tstates_new_tstate(eg__interp *in, eg__tsentry *e)
 static int
 eg__entry_is_mine(eg__tsentry *e)
 {
-    for (eg__tsentry *m = eg__tls_ts.entries; m != NULL; m = m->tls_next) {
+    for (eg__tsentry *m = eg__tls_entries; m != NULL; m = m->tls_next) {
         if (m == e) {
             return 1;
         }
@@ -276,7 +247,7 @@ eg__tstates_after_fork_child(eg__interp *in)
     }
     g->entries = NULL;
     atomic_store_explicit(&g->ndead, 0, memory_order_relaxed);
-    for (eg__tsentry *e = eg__tls_ts.entries; e != NULL; e = e->tls_next) {
+    for (eg__tsentry *e = eg__tls_entries; e != NULL; e = e->tls_next) {
         if (e->rec != in) {
             continue;
         }
