@@ -54,14 +54,14 @@ struct eg_cq {
     _Atomic int closed;
     _Atomic int inflight;
     int efd;
-    eg__interp *interp;
+    eg__record *interp;
     PyObject *owner;                /* the CompletionQueue (borrowed) */
     _Atomic uint64_t posted, ran, cancelled, wakeups;
     struct eg_cq *prev, *next;      /* the interpreter's list, cq_lock */
 };
 
 eg_cq *
-eg__cq_new(eg__interp *in, PyObject *owner)
+eg__cq_new(eg__record *in, PyObject *owner)
 {
     eg_cq *q = calloc(1, sizeof(*q));
     if (q == NULL) {
@@ -336,7 +336,7 @@ void
 eg__cq_free(eg_cq *q)
 {
     eg__cq_close(q);
-    eg__interp *in = q->interp;
+    eg__record *in = q->interp;
     eg__mutex_lock(&in->cq_lock);
     if (q->prev) {
         q->prev->next = q->next;
@@ -357,7 +357,7 @@ eg__cq_free(eg_cq *q)
  * `inflight` would make close() wait for ever (found by the torture suite).
  * Its node is in the list or it is not -- the CAS decided before the fork. */
 void
-eg__cq_after_fork_child(eg__interp *in)
+eg__cq_after_fork_child(eg__record *in)
 {
     if (pthread_mutex_init(&in->cq_lock, NULL) != 0) {
         abort();
@@ -376,7 +376,7 @@ eg__cq_after_fork_child(eg__interp *in)
 /* Phase 2, attached: close every queue of the interpreter.  The queues stay
  * allocated (their Python objects still own them); they are only closed. */
 void
-eg__cq_close_all(eg__interp *in)
+eg__cq_close_all(eg__record *in)
 {
     for (;;) {
         eg_cq *q = NULL;

@@ -87,7 +87,7 @@
  * through queue.kick_next; queue.kick_listed keeps a record on it at most
  * once.  Created once per process, reopened in a forked child. */
 static int eg__kick_efd = -1;
-static _Atomic(eg__interp *) eg__kicked;
+static _Atomic(eg__record *) eg__kicked;
 
 void
 eg__decref_process_init(void)
@@ -107,7 +107,7 @@ eg__decref_process_init(void)
  * __tls_get_addr call; the block is small enough for glibc's static TLS
  * surplus that dlopen'ed modules may use. */
 typedef struct {
-    eg__interp *last_interp;   /* one-entry cache of the last lookup */
+    eg__record *last_interp;   /* one-entry cache of the last lookup */
     eg__lane *last_lane;
     eg__lane *lanes;           /* all of this thread's lanes */
 } eg__tls_lanes;
@@ -144,8 +144,8 @@ eg__seg_new(void)
 
 /* Slow path of a push: find or create this thread's lane for `in`.
  * Returns NULL only when out of memory. */
-static EG_NOINLINE eg__lane *
-eg__lane_lookup(eg__interp *in)
+static EG__NOINLINE eg__lane *
+eg__lane_lookup(eg__record *in)
 {
     eg__lane *l;
     for (l = eg__tls.lanes; l != NULL; l = l->tls_next) {
@@ -153,9 +153,9 @@ eg__lane_lookup(eg__interp *in)
             goto found;
         }
     }
-    l = aligned_alloc(EG_CACHELINE,
-                      (sizeof(eg__lane) + EG_CACHELINE - 1)
-                      / EG_CACHELINE * EG_CACHELINE);
+    l = aligned_alloc(EG__CACHELINE,
+                      (sizeof(eg__lane) + EG__CACHELINE - 1)
+                      / EG__CACHELINE * EG__CACHELINE);
     eg__seg *seg = eg__seg_new();
     if (l == NULL || seg == NULL) {
         free(l);
@@ -191,8 +191,8 @@ found:
 /* No memory for a lane or segment: append to the mutex-protected spill
  * array.  Raw malloc only.  Returns 0, or -ENOMEM when the object had to
  * be leaked (counted in `dropped`). */
-static EG_NOINLINE EG_COLD int
-eg__spill(eg__interp *in, PyObject *obj)
+static EG__NOINLINE EG__COLD int
+eg__spill(eg__record *in, PyObject *obj)
 {
     eg__decref_queue *q = &in->queue;
     int rc = 0;
@@ -219,7 +219,7 @@ done:
 
 /* The producer's segment is full: continue in the spare or a new one.
  * Returns 0, or -ENOMEM (the caller spills). */
-static EG_NOINLINE int
+static EG__NOINLINE int
 eg__lane_grow(eg__lane *l)
 {
     /* Acquire pairs with the drainer's release exchange that recycled the
@@ -253,7 +253,7 @@ eg__decref_kick_fd(void)
 /* Put `in` on the kicker's list, and wake the kicker when the list was
  * empty (one eventfd write per burst, whatever the number of queues). */
 static void
-eg__kick(eg__interp *in)
+eg__kick(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     int expected = 0;
@@ -264,7 +264,7 @@ eg__kick(eg__interp *in)
             memory_order_relaxed, memory_order_relaxed)) {
         return;
     }
-    eg__interp *head = atomic_load_explicit(&eg__kicked, memory_order_relaxed);
+    eg__record *head = atomic_load_explicit(&eg__kicked, memory_order_relaxed);
     do {
         q->kick_next = head;
         /* Release: the kicker that takes the list (acquire) sees kick_next. */
@@ -278,17 +278,17 @@ eg__kick(eg__interp *in)
     }
 }
 
-eg__interp *
+eg__record *
 eg__decref_take_kicked(void)
 {
     /* Acquire: pairs with the release CAS of every push onto the list. */
     return atomic_exchange_explicit(&eg__kicked, NULL, memory_order_acquire);
 }
 
-eg__interp *
-eg__decref_kicked_pop(eg__interp **list)
+eg__record *
+eg__decref_kicked_pop(eg__record **list)
 {
-    eg__interp *in = *list;
+    eg__record *in = *list;
     if (in != NULL) {
         *list = in->queue.kick_next;
         /* After reading the link and before the drain: a request that
@@ -305,8 +305,8 @@ eg__decref_kicked_pop(eg__interp **list)
  * the kicker (kicker.c says why not a pending call).  No GIL; only an
  * atomic, a CAS and at most one write(2).  After phase 2 began nobody is
  * asked: phase 2 applies what is there, and what comes later is dropped. */
-static EG_NOINLINE void
-eg__request_drain(eg__interp *in)
+static EG__NOINLINE void
+eg__request_drain(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     int expected = 0;
@@ -316,7 +316,7 @@ eg__request_drain(eg__interp *in)
         return;    /* another pusher requested it first */
     }
     if (atomic_load_explicit(&in->state, memory_order_relaxed)
-            <= EG_STOPPING) {
+            <= EG__STOPPING) {
         eg__kick(in);
     }
 }
@@ -324,23 +324,23 @@ eg__request_drain(eg__interp *in)
 /* ---- Push ------------------------------------------------------------------ */
 
 void
-eg__decref_push_mp(eg__interp *in, PyObject *obj)
+eg__decref_push_mp(eg__record *in, PyObject *obj)
 {
     eg__decref_queue *q = &in->queue;
 
     /* Relaxed: a push that races with the end of phase 2 may still land in
      * a lane; it is then never applied and eg__decref_pending_count()
      * reports it as dropped.  The object leaks either way, by design. */
-    if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_relaxed)
-                    == EG_STOPPED)) {
+    if (EG__UNLIKELY(atomic_load_explicit(&in->state, memory_order_relaxed)
+                    == EG__STOPPED)) {
         atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
         return;
     }
 
-    eg__lane *l = EG_LIKELY(eg__tls.last_interp == in)
+    eg__lane *l = EG__LIKELY(eg__tls.last_interp == in)
         ? eg__tls.last_lane : eg__lane_lookup(in);
-    if (EG_UNLIKELY(l == NULL)
-            || (EG_UNLIKELY(l->widx == EG_SEG_SIZE) && eg__lane_grow(l) < 0)) {
+    if (EG__UNLIKELY(l == NULL)
+            || (EG__UNLIKELY(l->widx == EG__SEG_SIZE) && eg__lane_grow(l) < 0)) {
         (void)eg__spill(in, obj);
         goto kick;
     }
@@ -358,7 +358,7 @@ eg__decref_push_mp(eg__interp *in, PyObject *obj)
 
 kick:
     eg__fence_light();       /* F_P */
-    if (EG_UNLIKELY(!atomic_load_explicit(&q->requested,
+    if (EG__UNLIKELY(!atomic_load_explicit(&q->requested,
                                           memory_order_relaxed))) {
         eg__request_drain(in);
     }
@@ -367,7 +367,7 @@ kick:
 /* ---- Accounting ---------------------------------------------------------- */
 
 uint64_t
-eg__decref_pending_count(eg__interp *in)
+eg__decref_pending_count(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     uint64_t n = 0;
@@ -390,7 +390,7 @@ eg__decref_pending_count(eg__interp *in)
 }
 
 int
-eg__decref_reusable(eg__interp *in)
+eg__decref_reusable(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     /* Still on the kicker's list is fine: the kicker then attaches to the
@@ -400,7 +400,7 @@ eg__decref_reusable(eg__interp *in)
 }
 
 void
-eg__decref_reset(eg__interp *in)
+eg__decref_reset(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
@@ -426,7 +426,7 @@ eg__decref_queue_init(eg__decref_queue *q)
  * main interpreter, which survives fork).  A drain or spill that another
  * thread held at fork time is abandoned with its thread. */
 void
-eg__decref_after_fork_child(eg__interp *in)
+eg__decref_after_fork_child(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     if (pthread_mutex_init(&q->spill_lock, NULL) != 0

@@ -98,7 +98,7 @@ eg__lane_drain(eg__lane *l)
             Py_DECREF(obj);
             n++;
         }
-        if (l->ridx < EG_SEG_SIZE) {
+        if (l->ridx < EG__SEG_SIZE) {
             return n;          /* the producer is still filling it */
         }
         eg__seg *next = atomic_load_explicit(&seg->next, memory_order_acquire);
@@ -121,7 +121,7 @@ eg__lane_drain(eg__lane *l)
 
 /* The drain proper; the caller holds the `draining` claim. */
 static Py_ssize_t
-eg__drain_claimed(eg__interp *in)
+eg__drain_claimed(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     atomic_store_explicit(&q->requested, 0, memory_order_relaxed);
@@ -166,7 +166,7 @@ eg__drain_claimed(eg__interp *in)
     free(spill);
     n += (Py_ssize_t)len;
 
-    if (EG_UNLIKELY(atomic_exchange_explicit(&eg__fence_failed, 0,
+    if (EG__UNLIKELY(atomic_exchange_explicit(&eg__fence_failed, 0,
                                              memory_order_relaxed))) {
         atomic_store_explicit(&q->requested, 1, memory_order_relaxed);
     }
@@ -192,14 +192,14 @@ eg__drain_unclaim(eg__decref_queue *q)
 }
 
 Py_ssize_t
-eg__decref_drain_sc(eg__interp *in)
+eg__decref_drain_sc(eg__record *in)
 {
     if (!eg__drain_claim(&in->queue)) {
         return 0;
     }
     Py_ssize_t n = 0;
     if (atomic_load_explicit(&in->state, memory_order_acquire)
-            != EG_STOPPED) {
+            != EG__STOPPED) {
         n = eg__drain_claimed(in);
     }
     eg__drain_unclaim(&in->queue);
@@ -207,7 +207,7 @@ eg__decref_drain_sc(eg__interp *in)
 }
 
 Py_ssize_t
-eg__decref_drain_all(eg__interp *in)
+eg__decref_drain_all(eg__record *in)
 {
     eg__decref_queue *q = &in->queue;
     if (!eg__drain_claim(q)) {

@@ -21,8 +21,8 @@
  * door never reads OPEN once closing began (issue 11: a clear-then-set pair
  * used to open the gate for an instant).
  */
-#ifndef EG_DOOR_H
-#define EG_DOOR_H
+#ifndef EG__DOOR_H
+#define EG__DOOR_H
 
 #ifndef EG_BUILDING
 #  error "door.h is private to exitguard"
@@ -163,4 +163,4 @@ eg__door_leave_seated_sc(eg__door *d, eg__door_seat *s)
     }
 }
 
-#endif /* EG_DOOR_H */
+#endif /* EG__DOOR_H */

@@ -9,8 +9,8 @@
  *
  * Supported: CPython 3.9 and newer, GIL and free-threaded builds.
  */
-#ifndef EG_COMPAT_H
-#define EG_COMPAT_H
+#ifndef EG__COMPAT_H
+#define EG__COMPAT_H
 
 #ifndef EG_BUILDING
 #  error "eg_compat.h is private to exitguard"
@@ -137,15 +137,15 @@ PyErr_SetRaisedException_compat(PyObject *exc)
  * Py_mod_multiple_interpreters: 3.12 (gh-104108, PEP 684).
  * Py_mod_gil: 3.13 (gh-116322, PEP 703); only free-threaded builds read it. */
 #if PY_VERSION_HEX >= 0x030C0000
-#  define EG_SLOT_MULTIPLE_INTERPRETERS \
+#  define EG__SLOT_MULTIPLE_INTERPRETERS \
        {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #else
-#  define EG_SLOT_MULTIPLE_INTERPRETERS
+#  define EG__SLOT_MULTIPLE_INTERPRETERS
 #endif
 #if PY_VERSION_HEX >= 0x030D0000
-#  define EG_SLOT_GIL {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#  define EG__SLOT_GIL {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #else
-#  define EG_SLOT_GIL
+#  define EG__SLOT_GIL
 #endif
 
 /* ---- PEP 788: interpreter guards and views (3.15) ------------------------
@@ -165,7 +165,7 @@ PyErr_SetRaisedException_compat(PyObject *exc)
  * PEP 788's rationale -- but it only ever turns an attach into a refusal;
  * the gate is what makes exitguard's own phases safe). */
 #if PY_VERSION_HEX >= 0x030F00B1
-#  define EG_HAVE_PEP788 1
+#  define EG__HAVE_PEP788 1
 typedef PyInterpreterView eg__pyview;
 typedef PyInterpreterGuard eg__pyguard;
 
@@ -210,7 +210,7 @@ eg__guard_close(eg__pyguard *guard)
     }
 }
 #else
-#  define EG_HAVE_PEP788 0
+#  define EG__HAVE_PEP788 0
 typedef struct eg__pyview eg__pyview;     /* never defined: only (void *)1 */
 typedef struct eg__pyguard eg__pyguard;
 
@@ -279,12 +279,12 @@ eg__tstate_forget_gilstate(PyThreadState *ts)
  * A subinterpreter that native threads attach to in a loop (each attach
  * makes a state, each release deletes one) met it in 2 of 3 runs.  There,
  * each subinterpreter keeps one thread state of exitguard's own, never
- * attached, from its module exec to its phase 2 (eg__interp.anchor), so the
+ * attached, from its module exec to its phase 2 (eg__record.anchor), so the
  * list never empties while threads come and go. */
 #if PY_VERSION_HEX >= 0x030D0000 && PY_VERSION_HEX < 0x030D01F0
-#  define EG_SUBINTERP_ANCHOR 1
+#  define EG__SUBINTERP_ANCHOR 1
 #else
-#  define EG_SUBINTERP_ANCHOR 0
+#  define EG__SUBINTERP_ANCHOR 0
 #endif
 
 /* Is `ts` still one of `interp`'s thread states?  (CPython's own ending of
@@ -352,9 +352,9 @@ eg__wait_end(PyThreadState *ts)
  * its RESUME checks the eval breaker and merges the thread's queue.  There
  * is no public API for the merge (_Py_HandlePending is internal). */
 #if defined(Py_GIL_DISABLED)
-#  define EG_FREE_THREADED 1
+#  define EG__FREE_THREADED 1
 #else
-#  define EG_FREE_THREADED 0
+#  define EG__FREE_THREADED 0
 #endif
 
 /* ---- Type flags ------------------------------------------------------------
@@ -367,4 +367,4 @@ eg__wait_end(PyThreadState *ts)
 #  define EG__TPFLAGS_IMMUTABLE 0
 #endif
 
-#endif /* EG_COMPAT_H */
+#endif /* EG__COMPAT_H */

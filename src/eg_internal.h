@@ -3,7 +3,7 @@
  *
  * This file is private to exitguard: nothing outside src/ may include it.
  *
- * The central object is the per-interpreter record, eg__interp: one for each
+ * The central object is the per-interpreter record, eg__record: one for each
  * interpreter that imports exitguard, holding that interpreter's reference
  * registry (registry.c), deferred-decref queue (decref.c), exit
  * stoppers (stopper.c) and stop state machine (shutdown.c).  interp.c finds
@@ -20,8 +20,8 @@
  * atomics, never by the GIL (per-interpreter GILs and free-threaded builds
  * exist).  Which lock protects which field is said next to the field.
  */
-#ifndef EG_INTERNAL_H
-#define EG_INTERNAL_H
+#ifndef EG__INTERNAL_H
+#define EG__INTERNAL_H
 
 #ifndef EG_BUILDING
 #  error "eg_internal.h is private to exitguard"
@@ -41,18 +41,18 @@
 #include "door.h"
 #include "fence.h"
 
-#define EG_CACHELINE 64
+#define EG__CACHELINE 64
 
 #if defined(__GNUC__)
-#  define EG_LIKELY(x)   __builtin_expect(!!(x), 1)
-#  define EG_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#  define EG_NOINLINE    __attribute__((noinline))
-#  define EG_COLD        __attribute__((cold))
+#  define EG__LIKELY(x)   __builtin_expect(!!(x), 1)
+#  define EG__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define EG__NOINLINE    __attribute__((noinline))
+#  define EG__COLD        __attribute__((cold))
 #else
-#  define EG_LIKELY(x)   (x)
-#  define EG_UNLIKELY(x) (x)
-#  define EG_NOINLINE
-#  define EG_COLD
+#  define EG__LIKELY(x)   (x)
+#  define EG__UNLIKELY(x) (x)
+#  define EG__NOINLINE
+#  define EG__COLD
 #endif
 
 /* ---- Thread-locals ------------------------------------------------------
@@ -135,43 +135,43 @@ int eg__thread_exit_arm(eg__exit_part part, eg__exit_fn fn);
 
 /* Print "exitguard: fatal: <msg>" and abort.  For broken invariants only
  * (double release in debug builds); GIL-free, async-signal-unsafe. */
-EG_COLD void eg__fatal(const char *msg);
+EG__COLD void eg__fatal(const char *msg);
 
 /* ---- Per-interpreter state machine -----------------------------------------
  * Drawn and explained in shutdown.c. */
 typedef enum {
-    EG_RUNNING = 0,
-    EG_STOPPING = 1,    /* phase 1 has begun: exit stoppers run */
-    EG_RELEASING = 2,   /* phase 2 has begun: queue drained, refs released */
-    EG_STOPPED = 3,     /* phase 2 is done: Python is never touched again */
+    EG__RUNNING = 0,
+    EG__STOPPING = 1,    /* phase 1 has begun: exit stoppers run */
+    EG__RELEASING = 2,   /* phase 2 has begun: queue drained, refs released */
+    EG__STOPPED = 3,     /* phase 2 is done: Python is never touched again */
 } eg__state;
 
 /* ---- Deferred-decref queue (decref.c, decref_drain.c) -------------------- */
 
-#define EG_SEG_SIZE 1022u     /* slots per segment: a segment is 8 KiB */
+#define EG__SEG_SIZE 1022u     /* slots per segment: a segment is 8 KiB */
 
-typedef struct eg__interp eg__interp;
+typedef struct eg__record eg__record;
 
 /* A block of queued decrefs.  Filled by one producer, emptied by the
  * drainer; `head` counts the filled slots. */
 typedef struct eg__seg {
     _Atomic uint32_t head;
     _Atomic(struct eg__seg *) next;   /* set by the producer when full */
-    PyObject *slots[EG_SEG_SIZE];
+    PyObject *slots[EG__SEG_SIZE];
 } eg__seg;
 
 /* One producer thread's lane into one interpreter's queue: an unbounded
  * single-producer, single-consumer list of segments. */
 typedef struct eg__lane {
     /* Producer's cache line: written by the owning thread only. */
-    alignas(EG_CACHELINE) eg__seg *wseg;   /* segment being filled */
+    alignas(EG__CACHELINE) eg__seg *wseg;   /* segment being filled */
     uint32_t widx;                         /* == wseg->head */
     _Atomic uint64_t pushed;               /* total pushed, for stats */
     struct eg__lane *tls_next;             /* owning thread's lanes */
-    eg__interp *owner;
+    eg__record *owner;
 
     /* Consumer's cache line: written by the drainer only. */
-    alignas(EG_CACHELINE) eg__seg *rseg;   /* segment being emptied */
+    alignas(EG__CACHELINE) eg__seg *rseg;   /* segment being emptied */
     uint32_t ridx;
     _Atomic uint64_t popped;               /* total applied, for stats */
     struct eg__lane *next;                 /* interpreter's lane list */
@@ -183,10 +183,10 @@ typedef struct {
     _Atomic(eg__lane *) lanes;      /* lock-free push-only list head */
     /* 1 while the queue may hold undrained decrefs and a drain has been
      * requested; see the protocol in decref.c. */
-    alignas(EG_CACHELINE) _Atomic int requested;
+    alignas(EG__CACHELINE) _Atomic int requested;
     _Atomic int draining;           /* single-consumer claim */
     _Atomic int kick_listed;        /* on the kicker's list (kick_next) */
-    struct eg__interp *kick_next;
+    struct eg__record *kick_next;
 
     /* Held by the drainer while it unlinks and frees a lane, and by the
      * readers that walk the list without being the drainer (statistics,
@@ -205,38 +205,38 @@ typedef struct {
 } eg__decref_queue;
 
 /* Any thread, no GIL: queue one decref of obj to `in`.  Never blocks on the
- * GIL; allocates once per EG_SEG_SIZE pushes at most, and takes a mutex
+ * GIL; allocates once per EG__SEG_SIZE pushes at most, and takes a mutex
  * only when memory runs out (the spill path). */
-void eg__decref_push_mp(eg__interp *in, PyObject *obj);
+void eg__decref_push_mp(eg__record *in, PyObject *obj);
 
 /* Attached to `in`: apply every queued decref.  Returns how many; 0 when
  * another drain holds the single-consumer claim. */
-Py_ssize_t eg__decref_drain_sc(eg__interp *in);
+Py_ssize_t eg__decref_drain_sc(eg__record *in);
 
 /* Attached to `in`, phase 2: wait (GIL released) for the claim, then apply
  * every queued decref, also in state RELEASING.  Returns how many. */
-Py_ssize_t eg__decref_drain_all(eg__interp *in);
+Py_ssize_t eg__decref_drain_all(eg__record *in);
 
 /* Attached to `in`: drain if a drain has been requested (one relaxed load
  * when the queue is empty).  For exitguard's entry points. */
-static inline void eg__decref_maybe_drain(eg__interp *in);
+static inline void eg__decref_maybe_drain(eg__record *in);
 
 /* Decrefs queued now and not yet applied (approximate while producers run). */
-uint64_t eg__decref_pending_count(eg__interp *in);
+uint64_t eg__decref_pending_count(eg__record *in);
 
 void eg__decref_queue_init(eg__decref_queue *q);
 /* Record reuse: nothing queued, nobody draining it; reset the
  * counters (the lanes stay: threads may push into them in the next life). */
-int eg__decref_reusable(eg__interp *in);
-void eg__decref_reset(eg__interp *in);
-void eg__decref_after_fork_child(eg__interp *in);
+int eg__decref_reusable(eg__record *in);
+void eg__decref_reset(eg__record *in);
+void eg__decref_after_fork_child(eg__record *in);
 void eg__decref_process_init(void);   /* once per process, and in a fork child */
 /* The kicker's side (kicker.c): its eventfd, written when a queue needs a
  * drain; taking the list of those queues, and popping one (any thread; the
  * kicker). */
 int eg__decref_kick_fd(void);
-eg__interp *eg__decref_take_kicked(void);
-eg__interp *eg__decref_kicked_pop(eg__interp **list);
+eg__record *eg__decref_take_kicked(void);
+eg__record *eg__decref_kicked_pop(eg__record **list);
 
 /* ---- The drain kicker (kicker.c) ----------------------------------------- */
 
@@ -247,11 +247,11 @@ void eg__kicker_after_fork_child(void);  /* pthread_atfork child */
 /* ---- Reference registry (registry.c) ------------------------------------- */
 
 /* Slots live in chunks that double in size: chunk k holds
- * EG_REF_CHUNK0 << k slots, so 24 chunk pointers cover 2^34 references and
+ * EG__REF_CHUNK0 << k slots, so 24 chunk pointers cover 2^34 references and
  * a slot's index maps to (chunk, offset) with one count-leading-zeros. */
-#define EG_REF_CHUNK0_LOG2 10u
-#define EG_REF_CHUNK0 (1u << EG_REF_CHUNK0_LOG2)
-#define EG_REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
+#define EG__REF_CHUNK0_LOG2 10u
+#define EG__REF_CHUNK0 (1u << EG__REF_CHUNK0_LOG2)
+#define EG__REF_MAX_CHUNKS 22u             /* indexes fit in 32 bits */
 /* next_free values that are never a link (indexes stay below 2^32 - 1024). */
 #define EG__REF_HANDED_OUT UINT32_MAX          /* owned by native code */
 #define EG__REF_RELEASING (UINT32_MAX - 1)     /* its owner is releasing it */
@@ -263,7 +263,7 @@ struct eg_ref {
      * entry tagged with bit 0 (eg__leak | 1) until the owner releases the
      * handle -- so only references that stay unreleased are reported. */
     _Atomic(PyObject *) obj;
-    eg__interp *interp;
+    eg__record *interp;
     void *site;                   /* return address of the eg_ref_new call */
     /* Free list link (index + 1, 0 = end) while on the free list;
      * EG__REF_HANDED_OUT from eg_ref_new until its release begins,
@@ -294,7 +294,7 @@ typedef struct {
     _Atomic uint64_t free_head;
     pthread_mutex_t grow_lock;                     /* serialises growth */
     _Atomic uint32_t nchunks;                      /* published chunks */
-    _Atomic(struct eg_ref *) chunks[EG_REF_MAX_CHUNKS];
+    _Atomic(struct eg_ref *) chunks[EG__REF_MAX_CHUNKS];
     _Atomic uint64_t swept;      /* refs phase 2 released for their owner */
     /* The leak report's entries (report.c), published by the sweep with a
      * release store; swept_pid is the process that ran the sweep (0: none),
@@ -315,7 +315,7 @@ void eg__registry_reset(eg__registry *reg);
  * interpreter, in phase 2: release every registered object.  With
  * `track`, each swept reference keeps the leak report's entry for its type
  * and creation site until its owner releases it (report.c).  Returns 0. */
-int eg__registry_sweep(eg__interp *in, int track);
+int eg__registry_sweep(eg__record *in, int track);
 
 /* The leak report's mark in a slot's obj (registry.c's DESIGN says why):
  * the report's entry tagged with bit 0, or the bare tag while the sweep
@@ -364,22 +364,22 @@ typedef struct {
 void eg__stoppers_init(eg__stoppers *st);
 void eg__stoppers_after_fork_child(eg__stoppers *st);
 /* Attached: run every pending stopper, newest first honouring edges. */
-void eg__stoppers_run(eg__interp *in);
+void eg__stoppers_run(eg__record *in);
 /* Register an internal stopper: dtor(arg), called attached, runs when the
  * entry is freed; auto_free frees the entry right after it runs; `label`
  * (copied; NULL: the stop function's symbol) names it in the watchdog's
  * message. */
-eg_stopper *eg__stopper_add_ex(eg__interp *in, void (*stop)(void *),
+eg_stopper *eg__stopper_add_ex(eg__record *in, void (*stop)(void *),
                                void *arg, void (*dtor)(void *),
                                int auto_free, const char *label, int *err);
-size_t eg__stoppers_count(eg__interp *in);
+size_t eg__stoppers_count(eg__record *in);
 /* Record reuse: no stopper registered; reopen for registrations. */
 int eg__stoppers_reusable(eg__stoppers *st);
 void eg__stoppers_reset(eg__stoppers *st);
 /* Attached, phase 1: a stopper raised (or, in C, left an exception set);
  * counted for stats()["stopper_errors"]. */
-void eg__stoppers_note_error(eg__interp *in);
-uint64_t eg__stoppers_errors(eg__interp *in);
+void eg__stoppers_note_error(eg__record *in);
+uint64_t eg__stoppers_errors(eg__record *in);
 
 /* ---- Attach gate (gate.c) and thread-state cache (tstates.c) ------------ */
 
@@ -404,7 +404,7 @@ void eg__gate_init(eg__gate *g);
  * paused; reopen it with fresh counters (after the generation moved on). */
 int eg__gate_reusable(eg__gate *g);
 void eg__gate_reopen(eg__gate *g);
-void eg__gate_after_fork_child(eg__interp *in);
+void eg__gate_after_fork_child(eg__record *in);
 /* Any thread: successful attaches (and, through *guards, PEP 788 guards
  * taken) so far -- the gate's retired counts plus its listed entries'. */
 uint64_t eg__gate_attaches(eg__gate *g, uint64_t *guards);
@@ -417,20 +417,20 @@ void eg__gate_resume(eg__gate *g);
  * inside to leave, then delete the thread states of exited threads (and,
  * for a subinterpreter, every cached one no thread is using).  Returns how
  * many threads were still inside at the deadline. */
-uint64_t eg__gate_close(eg__interp *in, double timeout_s);
+uint64_t eg__gate_close(eg__record *in, double timeout_s);
 /* Any thread, no thread state needed (release the GIL around it): close
  * the gate and wait for the threads inside until `deadline`, without the
  * clean-up that needs the interpreter.  Idempotent.  Returns how many were
  * still inside.  eg__gate_close is this plus the clean-up. */
-uint64_t eg__gate_shut(eg__interp *in, const struct timespec *deadline);
+uint64_t eg__gate_shut(eg__record *in, const struct timespec *deadline);
 /* eg_gil_ensure for a record: `view` and `gen` are a handle's (NULL and 0
  * for the record's current life: the kicker's way in, and the main
  * interpreter's). */
-int eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
+int eg__gil_ensure_record(eg__record *in, eg__pyview *view, uint64_t gen,
                           eg_gil *st);
 /* Forked child, attached (the os.register_at_fork hook): close the PEP 788
  * guards that threads which vanished with the fork held (3.15). */
-void eg__gate_close_fork_orphans(eg__interp *in);
+void eg__gate_close_fork_orphans(eg__record *in);
 const char *eg__gate_state_name(eg__gate *g);
 /* The calling thread: refuse its attaches once *flag is nonzero (thread.c
  * binds its eg_thread's `abandoned` flag for the threads it starts; NULL
@@ -442,7 +442,7 @@ void eg__gate_bind_abandoned(const _Atomic int *flag);
  * the interpreter's gate.  gate.c's attach and release use its fields
  * directly; calls go from gate.c to tstates.c only. */
 struct eg__tsentry {
-    eg__interp *rec;
+    eg__record *rec;
     PyThreadState *ts;          /* under rec->gate.ts_lock; NULL: none */
     /* The thread's seat in the gate's door: `seat.inside` is the number of
      * attaches through this entry now (owner writes; others read it under
@@ -464,18 +464,18 @@ struct eg__tsentry {
 void eg__tstates_release_self(void);
 /* Attached to `in`: delete the thread states of threads that have exited
  * (one relaxed load when there are none). */
-void eg__tstates_reap(eg__interp *in);
+void eg__tstates_reap(eg__record *in);
 /* The calling thread's entries, newest first (tstates.c). */
 extern _Thread_local eg__tsentry *eg__tls_entries EG__TLS_IE;
 /* eg__tstates_entry's slow path: create the calling thread's entry for
  * `in`.  NULL when out of memory. */
-EG_NOINLINE eg__tsentry *eg__tstates_entry_new(eg__interp *in);
+EG__NOINLINE eg__tsentry *eg__tstates_entry_new(eg__record *in);
 /* The calling thread, not attached, no thread state needed (raw malloc
  * only): its entry for `in`, created on first use with no thread state yet
  * and its seat in the gate's door.  NULL when out of memory.  Inline: the
  * lookup is on every outermost attach. */
 static inline eg__tsentry *
-eg__tstates_entry(eg__interp *in)
+eg__tstates_entry(eg__record *in)
 {
     for (eg__tsentry *e = eg__tls_entries; e != NULL; e = e->tls_next) {
         if (e->rec == in) {
@@ -487,7 +487,7 @@ eg__tstates_entry(eg__interp *in)
 /* e's owning thread, inside the gate with its guard held, not attached (no
  * GIL needed): give e a new thread state of `in` and list it in the gate.
  * Returns 0 or -ENOMEM. */
-int eg__tstates_new_tstate(eg__interp *in, eg__tsentry *e);
+int eg__tstates_new_tstate(eg__record *in, eg__tsentry *e);
 /* Any thread, caller holds g->ts_lock: take e out of the gate's list, its
  * counts into the gate's. */
 void eg__tstates_unlink(eg__gate *g, eg__tsentry *e);
@@ -496,7 +496,7 @@ void eg__tstates_unlink(eg__gate *g, eg__tsentry *e);
  * cached states but the one this thread is attached through, set aside the
  * entries of vanished threads that held PEP 788 guards (fork_orphans), and
  * put this thread's seats back in the door. */
-void eg__tstates_after_fork_child(eg__interp *in);
+void eg__tstates_after_fork_child(eg__record *in);
 
 /* ---- Native threads (thread.c) ------------------------------------------- */
 
@@ -515,8 +515,8 @@ void eg__threads_close(eg__threads *th);
 /* Phase 1, attached: ask every registered thread to stop and join them,
  * GIL released, within timeout_s in all; name the ones that did not end.
  * Returns how many were abandoned (did not end in time). */
-size_t eg__threads_stop_all(eg__interp *in, double timeout_s);
-size_t eg__threads_live(eg__interp *in);
+size_t eg__threads_stop_all(eg__record *in, double timeout_s);
+size_t eg__threads_live(eg__record *in);
 /* Record reuse: no thread registered (none abandoned either); reopen. */
 int eg__threads_reusable(eg__threads *th);
 void eg__threads_reset(eg__threads *th);
@@ -552,19 +552,19 @@ int eg__log_pop_raw(int *level, char *msg, size_t cap);   /* tests/stress/c only
 
 /* ---- Completion queues (completion.c) ------------------------------------ */
 
-eg_cq *eg__cq_new(eg__interp *in, PyObject *owner);
+eg_cq *eg__cq_new(eg__record *in, PyObject *owner);
 int eg__cq_fileno(eg_cq *q);
 int eg__cq_closed(eg_cq *q);
 void eg__cq_counts(eg_cq *q, uint64_t out[4]);   /* posted ran cancelled wakeups */
 Py_ssize_t eg__cq_run(eg_cq *q);
 void eg__cq_close(eg_cq *q);
 void eg__cq_free(eg_cq *q);
-void eg__cq_close_all(eg__interp *in);
-void eg__cq_after_fork_child(eg__interp *in);
+void eg__cq_close_all(eg__record *in);
+void eg__cq_after_fork_child(eg__record *in);
 
 /* ---- The per-interpreter record (interp.c) ------------------------------- */
 
-struct eg__interp {
+struct eg__record {
     eg__decref_queue queue;
     _Atomic int state;              /* eg__state */
     /* The record's life: 1 for its first interpreter, one more each time a
@@ -575,7 +575,7 @@ struct eg__interp {
     int64_t id;
     int is_main;
     int nmodules;                   /* under eg__records_lock */
-    struct eg__interp *next_record; /* under eg__records_lock */
+    struct eg__record *next_record; /* under eg__records_lock */
     eg__stoppers stoppers;
     eg__gate gate;
     eg__threads threads;
@@ -595,41 +595,41 @@ struct eg__interp {
 
 /* The main interpreter's record, or NULL: the target of eg_decref() from
  * threads that are not attached. */
-extern _Atomic(eg__interp *) eg__main_record;
+extern _Atomic(eg__record *) eg__main_record;
 /* The records list (record.c): newest first, linked through next_record;
  * eg__records and eg__nrecords (records ever allocated) are protected by
  * eg__records_lock, which interp.c holds to link a record in. */
 extern pthread_mutex_t eg__records_lock;
-extern eg__interp *eg__records;
+extern eg__record *eg__records;
 extern _Atomic uint64_t eg__nrecords;
 
 /* Attached: the record of the calling thread's interpreter, or NULL when
  * exitguard was never imported in it (no exception set). */
-eg__interp *eg__interp_current(void);
+eg__record *eg__record_current(void);
 /* Attached, module exec: find or create this interpreter's record and
  * count one more module using it.  NULL with an exception on failure. */
-eg__interp *eg__interp_acquire(void);
+eg__record *eg__record_acquire(void);
 /* Attached, module free: one module fewer; the last marks it dead. */
-void eg__interp_release(eg__interp *in);
+void eg__record_release(eg__record *in);
 /* Attached: the number of exitguard modules alive in `in`'s interpreter. */
-int eg__interp_modules(eg__interp *in);
+int eg__record_modules(eg__record *in);
 /* Any thread: `in`'s state (eg__state).  Sequentially consistent, as every
  * read and write of the state is: the phases order it against the gate's
  * close and the refusals that follow (shutdown.c). */
 static inline int
-eg__state_of(eg__interp *in)
+eg__state_of(eg__record *in)
 {
     return atomic_load_explicit(&in->state, memory_order_seq_cst);
 }
 /* Does the calling thread's attached interpreter own `in`? */
 static inline int
-eg__attached_to(eg__interp *in)
+eg__attached_to(eg__record *in)
 {
     PyThreadState *ts = eg__tstate_attached();
     return ts != NULL && PyThreadState_GetInterpreter(ts)
         == atomic_load_explicit(&in->pyinterp, memory_order_relaxed);
 }
-void eg__interps_process_init(void);
+void eg__records_process_init(void);
 /* How many per-interpreter records this process ever allocated (statistics:
  * reuse keeps it small however many interpreters come and go). */
 uint64_t eg__records_allocated(void);
@@ -645,21 +645,21 @@ void eg__fork_parent(void);
  * any thread attaching to any interpreter, and subinterpreters are ended
  * only later (3.12+) or never (3.9-3.11, where an ending takes whatever
  * thread state heads the list). */
-void eg__shut_other_gates(eg__interp *main_rec, double timeout_s);
+void eg__shut_other_gates(eg__record *main_rec, double timeout_s);
 /* Any thread, no GIL: the newest record (follow next_record to the
  * oldest; records are never freed and their links never change). */
-eg__interp *eg__interps_first(void);
+eg__record *eg__records_first(void);
 /* Is the caller the main thread (where CPython runs signal handlers)? */
 int eg__on_main_thread(void);
 /* Is the caller the thread running `in`'s stop phases? */
-int eg__is_phase_thread(eg__interp *in);
+int eg__is_phase_thread(eg__record *in);
 /* Module exec of the main interpreter: remember its main thread. */
 void eg__set_main_thread(unsigned long ident);
 
 /* ---- Shutdown (shutdown.c) ------------------------------------------------ */
 
-void eg__phase1(eg__interp *in);
-void eg__phase2(eg__interp *in);
+void eg__phase1(eg__record *in);
+void eg__phase2(eg__record *in);
 const char *eg__state_name(int state);
 
 void eg__shutdown_process_init(void);
@@ -681,7 +681,7 @@ eg__leak *eg__leak_entry(eg__registry *reg, void **cache, PyObject *obj,
 void eg__leak_cache_free(void *cache);
 /* Any thread, no GIL: references phase 2 released for an owner that has
  * not released them since (approximate while threads release). */
-uint64_t eg__report_unreleased(eg__interp *in);
+uint64_t eg__report_unreleased(eg__record *in);
 /* Any thread, any time, no GIL: the owner released a reference that phase
  * 2 had released for it. */
 static inline void
@@ -696,7 +696,7 @@ extern const eg_capi eg__capi;
 /* ---- inline bodies ------------------------------------------------------- */
 
 static inline void
-eg__decref_maybe_drain(eg__interp *in)
+eg__decref_maybe_drain(eg__record *in)
 {
     /* Relaxed: a stale 0 only delays this opportunistic drain; the pending
      * call or a later entry point applies the queue. */
@@ -705,4 +705,4 @@ eg__decref_maybe_drain(eg__interp *in)
     }
 }
 
-#endif /* EG_INTERNAL_H */
+#endif /* EG__INTERNAL_H */

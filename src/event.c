@@ -20,7 +20,7 @@
  * poll(2) wakes the wait at once (EINTR).  But a process-directed signal
  * may be delivered to any thread that does not block it, often a native
  * one, and then nothing interrupts our poll; so the main thread polls in
- * slices of EG_SIGNAL_SLICE_MS and checks for tripped signals between
+ * slices of EG__SIGNAL_SLICE_MS and checks for tripped signals between
  * them.  (Blocking signals and using ppoll would close the EINTR race but
  * steer every Ctrl-C to some other thread.)  Other threads wait in one
  * piece: signal handlers never run there.
@@ -40,7 +40,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EG_SIGNAL_SLICE_MS 20
+#define EG__SIGNAL_SLICE_MS 20
 
 struct eg_event {
     _Atomic int set;
@@ -130,7 +130,7 @@ eg_event_wait(eg_event *ev, double timeout_s)
     if (ev == NULL || isnan(timeout_s)) {
         return -EINVAL;
     }
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     int on_main = eg__on_main_thread();
     int exempt = in != NULL && eg__is_phase_thread(in);
     double deadline = timeout_s < 0 ? -1.0 : eg__now() + timeout_s;
@@ -142,7 +142,7 @@ eg_event_wait(eg_event *ev, double timeout_s)
         }
         if (in != NULL && !exempt
                 && atomic_load_explicit(&in->state,
-                                        memory_order_seq_cst) >= EG_STOPPING) {
+                                        memory_order_seq_cst) >= EG__STOPPING) {
             return EG_WAIT_STOPPING;
         }
         if (PyErr_CheckSignals() < 0) {
@@ -156,8 +156,8 @@ eg_event_wait(eg_event *ev, double timeout_s)
             }
             ms = left * 1000.0 > 1e9 ? 1000000000 : (int)ceil(left * 1000.0);
         }
-        if (on_main && (ms < 0 || ms > EG_SIGNAL_SLICE_MS)) {
-            ms = EG_SIGNAL_SLICE_MS;
+        if (on_main && (ms < 0 || ms > EG__SIGNAL_SLICE_MS)) {
+            ms = EG__SIGNAL_SLICE_MS;
         }
 
         /* 2. Block, GIL released, on the event and the stop fd. */

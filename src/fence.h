@@ -25,8 +25,8 @@
  *   eg__fence_heavy   | any thread (rare paths)   | everything
  *   process_init      | process init, fork child  | nothing exitguard runs
  */
-#ifndef EG_FENCE_H
-#define EG_FENCE_H
+#ifndef EG__FENCE_H
+#define EG__FENCE_H
 
 #ifndef EG_BUILDING
 #  error "fence.h is private to exitguard"
@@ -78,4 +78,4 @@ eg__fence_light(void)
  * they are done (their stores are not lost, only not yet seen). */
 int eg__fence_heavy(void);
 
-#endif /* EG_FENCE_H */
+#endif /* EG__FENCE_H */

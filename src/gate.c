@@ -81,7 +81,7 @@
 #include <time.h>
 
 struct eg_interp {
-    eg__interp *rec;
+    eg__record *rec;
     eg__pyview *view;           /* PEP 788 view (3.15), else a dummy */
     uint64_t gen;               /* the record's life it was made in */
 };
@@ -177,7 +177,7 @@ eg__gate_state_name(eg__gate *g)
 static inline void
 eg__entry_hold_guard(eg__tsentry *e, eg__pyguard *guard)
 {
-#if EG_HAVE_PEP788
+#if EG__HAVE_PEP788
     /* Relaxed: only phase 2 reads it (under ts_lock), and only for a
      * thread stuck past the join timeout; the count is statistics. */
     atomic_store_explicit(&e->guard, guard, memory_order_relaxed);
@@ -197,7 +197,7 @@ eg__entry_hold_guard(eg__tsentry *e, eg__pyguard *guard)
 static inline void
 eg__entry_drop_guard(eg__tsentry *e)
 {
-#if EG_HAVE_PEP788
+#if EG__HAVE_PEP788
     eg__guard_close(atomic_exchange_explicit(&e->guard, NULL,
                                              memory_order_relaxed));
 #else
@@ -205,7 +205,7 @@ eg__entry_drop_guard(eg__tsentry *e)
 #endif
 }
 
-enum { EG_GIL_NESTED = 1, EG_GIL_ATTACHED = 2 };
+enum { EG__GIL_NESTED = 1, EG__GIL_ATTACHED = 2 };
 
 #define ST_REC(st)   ((st)->eg__private[0])
 #define ST_ENTRY(st) ((st)->eg__private[1])
@@ -221,7 +221,7 @@ eg_gil_ensure(eg_interp *h, eg_gil *st)
     if (h != NULL) {
         return eg__gil_ensure_record(h->rec, h->view, h->gen, st);
     }
-    eg__interp *in = atomic_load_explicit(&eg__main_record,
+    eg__record *in = atomic_load_explicit(&eg__main_record,
                                           memory_order_acquire);
     if (in == NULL) {
         memset(st, 0, sizeof(*st));
@@ -245,7 +245,7 @@ eg__gate_bind_abandoned(const _Atomic int *flag)
 
 
 int
-eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
+eg__gil_ensure_record(eg__record *in, eg__pyview *view, uint64_t gen,
                       eg_gil *st)
 {
     memset(st, 0, sizeof(*st));
@@ -255,7 +255,7 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
     if (cur != NULL && PyThreadState_GetInterpreter(cur)
             == atomic_load_explicit(&in->pyinterp, memory_order_relaxed)) {
         /* Already attached there: nothing to do, nothing to undo. */
-        ST_MODE(st) = (void *)(uintptr_t)EG_GIL_NESTED;
+        ST_MODE(st) = (void *)(uintptr_t)EG__GIL_NESTED;
         atomic_fetch_add_explicit(&g->attach_ok, 1, memory_order_relaxed);
         return 0;
     }
@@ -310,14 +310,14 @@ eg__gil_ensure_record(eg__interp *in, eg__pyview *view, uint64_t gen,
     PyEval_RestoreThread(e->ts);
     ST_REC(st) = in;
     ST_ENTRY(st) = e;
-    ST_MODE(st) = (void *)(uintptr_t)EG_GIL_ATTACHED;
+    ST_MODE(st) = (void *)(uintptr_t)EG__GIL_ATTACHED;
     /* Owner-written, summed by statistics (eg__gate_attaches): a store, not
      * a read-modify-write, on the hottest path there is. */
     atomic_store_explicit(&e->attaches,
                           atomic_load_explicit(&e->attaches,
                                                memory_order_relaxed) + 1,
                           memory_order_relaxed);
-#if EG_FREE_THREADED
+#if EG__FREE_THREADED
     if (in->noop != NULL) {
         /* Let this thread merge the objects it owns that other threads
          * released (see eg_compat.h). */
@@ -353,10 +353,10 @@ refused:
 void
 eg_gil_release(eg_gil *st)
 {
-    if (st == NULL || (uintptr_t)ST_MODE(st) != EG_GIL_ATTACHED) {
+    if (st == NULL || (uintptr_t)ST_MODE(st) != EG__GIL_ATTACHED) {
         return;
     }
-    eg__interp *in = ST_REC(st);
+    eg__record *in = ST_REC(st);
     eg__tsentry *e = ST_ENTRY(st);
     eg__gate *g = &in->gate;
     /* Only this thread writes its seat: relaxed. */
@@ -394,7 +394,7 @@ eg_gil_release(eg_gil *st)
 /* ---- Phase 2 ------------------------------------------------------------------ */
 
 uint64_t
-eg__gate_shut(eg__interp *in, const struct timespec *deadline)
+eg__gate_shut(eg__record *in, const struct timespec *deadline)
 {
     eg__gate *g = &in->gate;
     /* From here every enter fails; then wait for the ones inside to leave,
@@ -426,7 +426,7 @@ eg__gate_shut(eg__interp *in, const struct timespec *deadline)
 }
 
 uint64_t
-eg__gate_close(eg__interp *in, double timeout_s)
+eg__gate_close(eg__record *in, double timeout_s)
 {
     struct timespec deadline = eg__deadline(timeout_s);
     uint64_t inside;
@@ -451,7 +451,7 @@ eg__gate_close(eg__interp *in, double timeout_s)
 /* pthread_atfork child, no Python API: the gate's lock and door are made
  * afresh, then the entries are reset (tstates.c). */
 void
-eg__gate_after_fork_child(eg__interp *in)
+eg__gate_after_fork_child(eg__record *in)
 {
     eg__gate *g = &in->gate;
     eg__gate_init_locks(g);
@@ -463,7 +463,7 @@ eg__gate_after_fork_child(eg__interp *in)
 }
 
 void
-eg__gate_close_fork_orphans(eg__interp *in)
+eg__gate_close_fork_orphans(eg__record *in)
 {
     eg__gate *g = &in->gate;
     eg__mutex_lock(&g->ts_lock);
@@ -484,7 +484,7 @@ eg__gate_close_fork_orphans(eg__interp *in)
 eg_interp *
 eg_interp_current(void)
 {
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     if (in == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "eg_interp_current: exitguard is not imported in "
@@ -509,7 +509,7 @@ eg_interp_current(void)
 eg_interp *
 eg_interp_main(void)
 {
-    eg__interp *in = atomic_load_explicit(&eg__main_record,
+    eg__record *in = atomic_load_explicit(&eg__main_record,
                                           memory_order_acquire);
     if (in == NULL) {
         return NULL;

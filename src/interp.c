@@ -4,7 +4,7 @@
  *
  * DESIGN
  *
- * Every interpreter that imports exitguard gets one eg__interp record,
+ * Every interpreter that imports exitguard gets one eg__record record,
  * shared by all exitguard module objects of that interpreter and found
  * again through a process-wide list keyed by the interpreter (address and
  * ID; an address can be reused once an interpreter is freed, an ID cannot).
@@ -45,7 +45,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#if EG_SUBINTERP_ANCHOR
+#if EG__SUBINTERP_ANCHOR
 typedef struct {
     PyInterpreterState *pyinterp;
     PyThreadState *ts;
@@ -89,13 +89,13 @@ eg__new_anchor(PyInterpreterState *pyinterp)
  * registered, its gate closed with nobody inside and no thread state of
  * anyone.  (Stale handles are told apart by the generation.) */
 static int
-eg__record_reusable(eg__interp *in)
+eg__record_reusable(eg__record *in)
 {
     if (in->is_main
             || atomic_load_explicit(&in->pyinterp, memory_order_acquire)
                != NULL
             || atomic_load_explicit(&in->state, memory_order_acquire)
-               != EG_STOPPED
+               != EG__STOPPED
             || in->anchor != NULL) {
         return 0;
     }
@@ -113,7 +113,7 @@ eg__record_reusable(eg__interp *in)
  * last (a release store), so a thread that gets in sees the new life whole
  * and a handle of the old one fails its generation check. */
 static void
-eg__record_renew(eg__interp *in, PyInterpreterState *pyinterp, int64_t id,
+eg__record_renew(eg__record *in, PyInterpreterState *pyinterp, int64_t id,
                  eg__pyview *view)
 {
     atomic_fetch_add_explicit(&in->generation, 1, memory_order_seq_cst);
@@ -133,20 +133,20 @@ eg__record_renew(eg__interp *in, PyInterpreterState *pyinterp, int64_t id,
     in->noop = NULL;      /* the old one belonged to the dead interpreter */
     in->id = id;
     in->nmodules = 1;
-#if EG_SUBINTERP_ANCHOR
+#if EG__SUBINTERP_ANCHOR
     in->anchor = eg__new_anchor(pyinterp);
 #endif
-    atomic_store_explicit(&in->state, EG_RUNNING, memory_order_relaxed);
+    atomic_store_explicit(&in->state, EG__RUNNING, memory_order_relaxed);
     atomic_store_explicit(&in->pyinterp, pyinterp, memory_order_release);
     eg__gate_reopen(&in->gate);
 }
 
-eg__interp *
-eg__interp_acquire(void)
+eg__record *
+eg__record_acquire(void)
 {
     PyInterpreterState *pyinterp = PyInterpreterState_Get();
     int64_t id = PyInterpreterState_GetID(pyinterp);
-    eg__interp *in;
+    eg__record *in;
     /* Made before the lock (CPython is not called under our mutexes); a
      * second module of the same interpreter closes it again. */
     eg__pyview *view = eg__view_current();
@@ -171,9 +171,9 @@ eg__interp_acquire(void)
             return in;
         }
     }
-    in = aligned_alloc(EG_CACHELINE,
-                       (sizeof(eg__interp) + EG_CACHELINE - 1)
-                       / EG_CACHELINE * EG_CACHELINE);
+    in = aligned_alloc(EG__CACHELINE,
+                       (sizeof(eg__record) + EG__CACHELINE - 1)
+                       / EG__CACHELINE * EG__CACHELINE);
     if (in == NULL) {
         eg__mutex_unlock(&eg__records_lock);
         eg__view_close(view);
@@ -191,12 +191,12 @@ eg__interp_acquire(void)
     if (in->stop_efd < 0 || pthread_mutex_init(&in->cq_lock, NULL) != 0) {
         abort();
     }
-    atomic_init(&in->state, EG_RUNNING);
+    atomic_init(&in->state, EG__RUNNING);
     atomic_init(&in->generation, 1);
     atomic_init(&in->pyinterp, pyinterp);
     in->id = id;
     in->is_main = (pyinterp == PyInterpreterState_Main());
-#if EG_SUBINTERP_ANCHOR
+#if EG__SUBINTERP_ANCHOR
     if (!in->is_main) {
         in->anchor = eg__new_anchor(pyinterp);
     }
@@ -216,7 +216,7 @@ eg__interp_acquire(void)
 
 /* Attached: how many exitguard modules of `in`'s interpreter are alive. */
 int
-eg__interp_modules(eg__interp *in)
+eg__record_modules(eg__record *in)
 {
     eg__mutex_lock(&eg__records_lock);
     int n = in->nmodules;
@@ -225,7 +225,7 @@ eg__interp_modules(eg__interp *in)
 }
 
 void
-eg__interp_release(eg__interp *in)
+eg__record_release(eg__record *in)
 {
     eg__mutex_lock(&eg__records_lock);
     if (--in->nmodules == 0) {
@@ -255,11 +255,11 @@ static double eg__fork_timeout = 2.0;
 /* The records list's head.  Records are only ever prepended and never
  * freed, and next_record never changes once linked, so the list can be
  * walked from a snapshot without the lock (and with the GIL released). */
-static eg__interp *
+static eg__record *
 eg__records_snapshot(void)
 {
     eg__mutex_lock(&eg__records_lock);
-    eg__interp *head = eg__records;
+    eg__record *head = eg__records;
     eg__mutex_unlock(&eg__records_lock);
     return head;
 }
@@ -267,14 +267,14 @@ eg__records_snapshot(void)
 void
 eg__fork_prepare(void)
 {
-    eg__interp *head = eg__records_snapshot();
-    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+    eg__record *head = eg__records_snapshot();
+    for (eg__record *in = head; in != NULL; in = in->next_record) {
         eg__gate_pause(&in->gate);
     }
     struct timespec deadline = eg__deadline(eg__fork_timeout);
     uint64_t inside = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+    for (eg__record *in = head; in != NULL; in = in->next_record) {
         inside += eg__gate_wait_empty(&in->gate, &deadline);
     }
     Py_END_ALLOW_THREADS
@@ -288,19 +288,19 @@ eg__fork_prepare(void)
 void
 eg__fork_parent(void)
 {
-    for (eg__interp *in = eg__records_snapshot(); in != NULL;
+    for (eg__record *in = eg__records_snapshot(); in != NULL;
          in = in->next_record) {
         eg__gate_resume(&in->gate);
     }
 }
 
 void
-eg__shut_other_gates(eg__interp *main_rec, double timeout_s)
+eg__shut_other_gates(eg__record *main_rec, double timeout_s)
 {
     struct timespec deadline = eg__deadline(timeout_s);
-    eg__interp *head = eg__records_snapshot();
+    eg__record *head = eg__records_snapshot();
     Py_BEGIN_ALLOW_THREADS
-    for (eg__interp *in = head; in != NULL; in = in->next_record) {
+    for (eg__record *in = head; in != NULL; in = in->next_record) {
         if (in != main_rec
                 && atomic_load_explicit(&in->pyinterp,
                                         memory_order_acquire) != NULL) {
@@ -324,7 +324,7 @@ eg__atfork_child(void)
     /* The forking thread is the child's main thread now (CPython makes it
      * so in PyOS_AfterFork_Child). */
     eg__set_main_thread((unsigned long)pthread_self());
-    for (eg__interp *in = eg__records; in != NULL; in = in->next_record) {
+    for (eg__record *in = eg__records; in != NULL; in = in->next_record) {
         eg__decref_after_fork_child(in);
         eg__registry_after_fork_child(&in->refs);
         eg__stoppers_after_fork_child(&in->stoppers);
@@ -339,7 +339,7 @@ eg__atfork_child(void)
             /* CPython deletes every subinterpreter in the child
              * (_PyInterpreterState_DeleteExceptMain): leak what their
              * queues and registries hold, never touch it. */
-            atomic_store_explicit(&in->state, EG_STOPPED,
+            atomic_store_explicit(&in->state, EG__STOPPED,
                                   memory_order_relaxed);
             atomic_store_explicit(&in->pyinterp, NULL, memory_order_relaxed);
         }
@@ -372,7 +372,7 @@ eg__process_init_once(void)
 }
 
 void
-eg__interps_process_init(void)
+eg__records_process_init(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, eg__process_init_once);

@@ -78,8 +78,8 @@ eg__kicker_main(void *unused)
         }
         struct timespec pause = {0, EG__KICK_COALESCE_MS * 1000 * 1000};
         nanosleep(&pause, NULL);
-            eg__interp *list = eg__decref_take_kicked();
-        eg__interp *in;
+            eg__record *list = eg__decref_take_kicked();
+        eg__record *in;
         while ((in = eg__decref_kicked_pop(&list)) != NULL) {
             eg_gil st;
             if (eg__gil_ensure_record(in, NULL, 0, &st) == 0) {

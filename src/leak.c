@@ -199,7 +199,7 @@ eg__leak_cache_free(void *cache)
 /* Any thread, no GIL (stats() and the report): the sum of the record's
  * entries' counts. */
 uint64_t
-eg__report_unreleased(eg__interp *in)
+eg__report_unreleased(eg__record *in)
 {
     eg__registry *reg = &in->refs;
     uint64_t n = atomic_load_explicit(&reg->leak_oom.outstanding,

@@ -65,7 +65,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EG_LOG_TRUNC "...[truncated]"
+#define EG__LOG_TRUNC "...[truncated]"
 
 /* Entry keys: the name's hash with bit 1 set, so that 0 (free) and 1 (being
  * filled) never collide with one. */
@@ -125,7 +125,7 @@ static inline void
 eg__log_count_filtered(void)
 {
     eg__logctr *c = eg__log_self.ctr;
-    if (EG_UNLIKELY(c == NULL)) {
+    if (EG__UNLIKELY(c == NULL)) {
         c = calloc(1, sizeof(*c));
         if (c == NULL
                 || eg__thread_exit_arm(EG__EXIT_LOG_COUNTS,
@@ -211,12 +211,12 @@ eg__level_entry(const char *name)
 {
     uint32_t len;
     uint64_t h = eg__name_hash(name, &len);
-    for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
-        eg__loglevel *e = &eg__log.levels[(h + i) & (EG_LOG_LEVELS - 1)];
+    for (uint32_t i = 0; i < EG__LOG_LEVELS; i++) {
+        eg__loglevel *e = &eg__log.levels[(h + i) & (EG__LOG_LEVELS - 1)];
         /* Acquire pairs with the release that published the key: len and
          * name are then the entry's for good. */
         uint64_t k = atomic_load_explicit(&e->key, memory_order_acquire);
-        if (EG_LIKELY(k == h) && e->len == len
+        if (EG__LIKELY(k == h) && e->len == len
                 && memcmp(e->name, name, len) == 0) {
             return e;
         }
@@ -317,7 +317,7 @@ eg__level_name(int level)
 static void
 eg__log_to_stderr(int level, const char *logger, const char *fmt, va_list ap)
 {
-    char line[EG_LOG_SLOT_MSG + 128];
+    char line[EG__LOG_SLOT_MSG + 128];
     int n = snprintf(line, sizeof(line), "%s:%s:", eg__level_name(level),
                      logger && *logger ? logger : "root");
     if (n < 0 || (size_t)n >= sizeof(line)) {
@@ -352,7 +352,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
      * after its last drain (found by the torture suite: one line in 5000
      * went unaccounted). */
     atomic_fetch_add_explicit(&eg__log.producing, 1, memory_order_seq_cst);
-    if (EG_UNLIKELY(atomic_load_explicit(&eg__log.stopped,
+    if (EG__UNLIKELY(atomic_load_explicit(&eg__log.stopped,
                                          memory_order_seq_cst))) {
         atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
         atomic_fetch_add_explicit(&eg__log.to_stderr, 1, memory_order_relaxed);
@@ -410,9 +410,9 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
         s->msg[0] = '\0';
     }
     else if ((size_t)n >= sizeof(s->msg)) {
-        size_t keep = sizeof(s->msg) - sizeof(EG_LOG_TRUNC);
-        memcpy(s->msg + keep, EG_LOG_TRUNC, sizeof(EG_LOG_TRUNC));
-        n = (int)(keep + sizeof(EG_LOG_TRUNC) - 1);
+        size_t keep = sizeof(s->msg) - sizeof(EG__LOG_TRUNC);
+        memcpy(s->msg + keep, EG__LOG_TRUNC, sizeof(EG__LOG_TRUNC));
+        n = (int)(keep + sizeof(EG__LOG_TRUNC) - 1);
     }
     s->len = (uint32_t)n;
     atomic_fetch_add_explicit(&eg__log.formatted, 1, memory_order_relaxed);
@@ -420,7 +420,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
     atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
 
-    if (EG_UNLIKELY(!atomic_load_explicit(&eg__log.started,
+    if (EG__UNLIKELY(!atomic_load_explicit(&eg__log.started,
                                           memory_order_relaxed))) {
         eg__log_start_forwarder();
     }
@@ -452,7 +452,7 @@ eg_log(int level, const char *logger, const char *fmt, ...)
 int
 eg__log_levels_changed(PyObject *threshold_fn, int only_unknown)
 {
-    for (uint32_t i = 0; i < EG_LOG_LEVELS; i++) {
+    for (uint32_t i = 0; i < EG__LOG_LEVELS; i++) {
         eg__loglevel *e = &eg__log.levels[i];
         uint64_t k = atomic_load_explicit(&e->key, memory_order_acquire);
         int known = atomic_load_explicit(&e->threshold,

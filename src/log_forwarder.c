@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define EG_LOG_BATCH 256             /* messages per attach */
+#define EG__LOG_BATCH 256             /* messages per attach */
 
 /* The one log state of the process (its fields: log_state.h). */
 eg__logstate eg__log = {
@@ -163,7 +163,7 @@ eg__forwarder_main(void *unused)
             break;
         }
         while (eg__log_ready() && !eg__log_stopping()) {
-            (void)eg__log_deliver_batch(EG_LOG_BATCH);
+            (void)eg__log_deliver_batch(EG__LOG_BATCH);
         }
         eg_gil_release(&st);
     }
@@ -211,7 +211,7 @@ eg__log_stop_and_drain(void)
     /* Producers racing with this keep landing in the ring until `stopped`
      * is set; deliver until it is empty, then close it, then deliver the
      * last ones that made it in before the switch. */
-    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
+    while (eg__log_deliver_batch(EG__LOG_BATCH) > 0) {
     }
     atomic_store_explicit(&eg__log.stopped, 1, memory_order_seq_cst);
     /* Producers already past the check finish publishing (a few
@@ -225,7 +225,7 @@ eg__log_stop_and_drain(void)
         }
         Py_END_ALLOW_THREADS
     }
-    while (eg__log_deliver_batch(EG_LOG_BATCH) > 0) {
+    while (eg__log_deliver_batch(EG__LOG_BATCH) > 0) {
     }
     if (atomic_load_explicit(&eg__log.dropped_unreported,
                              memory_order_seq_cst) && eg__log.deliver) {

@@ -8,13 +8,13 @@
  * Private to exitguard: only log.c and log_forwarder.c include it (its
  * functions are declared in eg_internal.h, "Logging").
  */
-#ifndef EG_LOG_STATE_H
-#define EG_LOG_STATE_H
+#ifndef EG__LOG_STATE_H
+#define EG__LOG_STATE_H
 
 #include "eg_internal.h"
 
-#define EG_LOG_SLOT_MSG 432          /* bytes of message text per slot */
-#define EG_LOG_LEVELS 1024           /* level-cache entries (2^n) */
+#define EG__LOG_SLOT_MSG 432          /* bytes of message text per slot */
+#define EG__LOG_LEVELS 1024           /* level-cache entries (2^n) */
 
 typedef struct {
     _Atomic uint64_t key;            /* hash | 2; or FREE, FILLING */
@@ -32,19 +32,19 @@ typedef struct {
     unsigned long tid;
     double created;
     char thread[16];
-    char msg[EG_LOG_SLOT_MSG];
+    char msg[EG__LOG_SLOT_MSG];
 } eg__logslot;
 
 /* The log system's one state: the level cache, the ring, the forwarder's
  * lifecycle and the counters.  Defined in log_forwarder.c, the lower of the
  * two files, so that references between them go one way (log.c -> it). */
 typedef struct eg__logstate {
-    eg__loglevel levels[EG_LOG_LEVELS];
+    eg__loglevel levels[EG__LOG_LEVELS];
     eg__logslot *slots;
     uint64_t mask;
-    alignas(EG_CACHELINE) _Atomic uint64_t enqueue_pos;
-    alignas(EG_CACHELINE) uint64_t dequeue_pos;       /* consumer only */
-    alignas(EG_CACHELINE) _Atomic int sleeping;       /* forwarder idle */
+    alignas(EG__CACHELINE) _Atomic uint64_t enqueue_pos;
+    alignas(EG__CACHELINE) uint64_t dequeue_pos;       /* consumer only */
+    alignas(EG__CACHELINE) _Atomic int sleeping;       /* forwarder idle */
     int efd;
     _Atomic int started;             /* forwarder thread created */
     _Atomic int stop;                /* forwarder must exit */
@@ -63,4 +63,4 @@ typedef struct eg__logstate {
 } eg__logstate;
 extern eg__logstate eg__log;
 
-#endif /* EG_LOG_STATE_H */
+#endif /* EG__LOG_STATE_H */

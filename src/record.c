@@ -5,14 +5,14 @@
  *
  * The list is built by interp.c (the composition root, which creates and
  * reuses records); everyone else only looks records up, through here.
- * Records are prepended and never freed, so a walk from eg__interps_first()
+ * Records are prepended and never freed, so a walk from eg__records_first()
  * needs no lock once it has the head.  eg__records and eg__nrecords are
  * protected by eg__records_lock, which interp.c also holds while it links a
  * record in or counts its modules.
  */
 #include "eg_internal.h"
 
-_Atomic(eg__interp *) eg__main_record;
+_Atomic(eg__record *) eg__main_record;
 
 /* pthread_self() of the main interpreter's main thread, or 0. */
 static _Atomic(unsigned long) eg__main_ident;
@@ -32,7 +32,7 @@ eg__on_main_thread(void)
 }
 
 int
-eg__is_phase_thread(eg__interp *in)
+eg__is_phase_thread(eg__record *in)
 {
     unsigned long phases = atomic_load_explicit(&in->phase_thread,
                                                 memory_order_seq_cst);
@@ -41,7 +41,7 @@ eg__is_phase_thread(eg__interp *in)
 
 pthread_mutex_t eg__records_lock = PTHREAD_MUTEX_INITIALIZER;
 
-eg__interp *eg__records;     /* under eg__records_lock */
+eg__record *eg__records;     /* under eg__records_lock */
 
 _Atomic uint64_t eg__nrecords;   /* records ever allocated */
 
@@ -53,14 +53,14 @@ eg__records_allocated(void)
 
 /* Attached thread's cache: the record of the interpreter it last asked
  * about.  Never dangling (records are immortal). */
-static _Thread_local eg__interp *eg__cached_record EG__TLS_IE;
+static _Thread_local eg__record *eg__cached_record EG__TLS_IE;
 
-eg__interp *
-eg__interp_current(void)
+eg__record *
+eg__record_current(void)
 {
     PyInterpreterState *pyinterp = PyInterpreterState_Get();
-    eg__interp *in = eg__cached_record;
-    if (EG_LIKELY(in != NULL
+    eg__record *in = eg__cached_record;
+    if (EG__LIKELY(in != NULL
                   && atomic_load_explicit(&in->pyinterp,
                                           memory_order_acquire) == pyinterp)) {
         return in;
@@ -80,11 +80,11 @@ eg__interp_current(void)
     return in;
 }
 
-eg__interp *
-eg__interps_first(void)
+eg__record *
+eg__records_first(void)
 {
     eg__mutex_lock(&eg__records_lock);
-    eg__interp *in = eg__records;
+    eg__record *in = eg__records;
     eg__mutex_unlock(&eg__records_lock);
     return in;
 }
@@ -93,10 +93,10 @@ const char *
 eg__state_name(int state)
 {
     switch (state) {
-    case EG_RUNNING:   return "running";
-    case EG_STOPPING:  return "stopping";
-    case EG_RELEASING: return "releasing";
-    case EG_STOPPED:   return "stopped";
+    case EG__RUNNING:   return "running";
+    case EG__STOPPING:  return "stopping";
+    case EG__RELEASING: return "releasing";
+    case EG__STOPPED:   return "stopped";
     default:           return "invalid";
     }
 }

@@ -67,9 +67,9 @@
 static inline uint32_t
 eg__chunk_of(uint32_t index, uint32_t *offset)
 {
-    uint64_t j = (uint64_t)index + EG_REF_CHUNK0;
-    uint32_t k = (uint32_t)(63 - __builtin_clzll(j)) - EG_REF_CHUNK0_LOG2;
-    *offset = (uint32_t)(j - ((uint64_t)EG_REF_CHUNK0 << k));
+    uint64_t j = (uint64_t)index + EG__REF_CHUNK0;
+    uint32_t k = (uint32_t)(63 - __builtin_clzll(j)) - EG__REF_CHUNK0_LOG2;
+    *offset = (uint32_t)(j - ((uint64_t)EG__REF_CHUNK0 << k));
     return k;
 }
 
@@ -108,8 +108,8 @@ eg__free_push_chain(eg__registry *reg, eg_ref *first, eg_ref *last)
 }
 
 /* Add a chunk.  Attached.  Returns 0, or -ENOMEM. */
-static EG_NOINLINE int
-eg__grow(eg__interp *in)
+static EG__NOINLINE int
+eg__grow(eg__record *in)
 {
     eg__registry *reg = &in->refs;
     int rc = 0;
@@ -119,12 +119,12 @@ eg__grow(eg__interp *in)
         goto done;     /* another thread grew it, or slots came back */
     }
     uint32_t k = atomic_load_explicit(&reg->nchunks, memory_order_relaxed);
-    if (k >= EG_REF_MAX_CHUNKS) {
+    if (k >= EG__REF_MAX_CHUNKS) {
         rc = -ENOMEM;
         goto done;
     }
-    uint32_t n = EG_REF_CHUNK0 << k;
-    uint32_t base = (EG_REF_CHUNK0 << k) - EG_REF_CHUNK0;
+    uint32_t n = EG__REF_CHUNK0 << k;
+    uint32_t base = (EG__REF_CHUNK0 << k) - EG__REF_CHUNK0;
     eg_ref *chunk = calloc(n, sizeof(eg_ref));
     if (chunk == NULL) {
         rc = -ENOMEM;
@@ -144,13 +144,13 @@ done:
 }
 
 static eg_ref *
-eg__ref_pop(eg__interp *in)
+eg__ref_pop(eg__record *in)
 {
     eg__registry *reg = &in->refs;
     uint64_t head = atomic_load_explicit(&reg->free_head, memory_order_acquire);
     for (;;) {
         uint32_t ip1 = (uint32_t)head;
-        if (EG_UNLIKELY(ip1 == 0)) {
+        if (EG__UNLIKELY(ip1 == 0)) {
             if (eg__grow(in) < 0) {
                 return NULL;
             }
@@ -186,7 +186,7 @@ eg__ref_pop(eg__interp *in)
 #define EG__REF_CACHE 32u
 
 typedef struct {
-    eg__interp *rec;            /* whose slots these are (NULL: none yet) */
+    eg__record *rec;            /* whose slots these are (NULL: none yet) */
     uint32_t n;
     eg_ref *slots[EG__REF_CACHE];
 } eg__ref_cache;
@@ -232,7 +232,7 @@ static eg__ref_cache *
 eg__rcache_get(void)
 {
     eg__ref_cache *c = eg__rcache;
-    if (EG_LIKELY(c != NULL)) {
+    if (EG__LIKELY(c != NULL)) {
         return c;
     }
     c = calloc(1, sizeof(*c));
@@ -247,11 +247,11 @@ eg__rcache_get(void)
 
 /* Any thread (owning `in`'s interpreter or not): a free slot, handed out. */
 static inline eg_ref *
-eg__ref_alloc(eg__interp *in)
+eg__ref_alloc(eg__record *in)
 {
     eg__ref_cache *c = eg__rcache;
     eg_ref *s;
-    if (EG_LIKELY(c != NULL && c->rec == in && c->n > 0)) {
+    if (EG__LIKELY(c != NULL && c->rec == in && c->n > 0)) {
         s = c->slots[--c->n];
     }
     else if ((s = eg__ref_pop(in)) == NULL) {
@@ -269,14 +269,14 @@ static inline void
 eg__ref_free(eg__registry *reg, eg_ref *s)
 {
     eg__ref_cache *c = eg__rcache_get();
-    if (EG_LIKELY(c != NULL)) {
-        if (EG_UNLIKELY(c->rec != s->interp)) {
+    if (EG__LIKELY(c != NULL)) {
+        if (EG__UNLIKELY(c->rec != s->interp)) {
             if (c->rec != NULL) {
                 eg__rcache_spill(c, c->n);
             }
             c->rec = s->interp;
         }
-        if (EG_UNLIKELY(c->n == EG__REF_CACHE)) {
+        if (EG__UNLIKELY(c->n == EG__REF_CACHE)) {
             eg__rcache_spill(c, EG__REF_CACHE / 2);
         }
         /* Relaxed: the slot is this thread's until a spill publishes it
@@ -298,7 +298,7 @@ eg__ref_free(eg__registry *reg, eg_ref *s)
 static inline PyObject *
 eg__taken(PyObject *p)
 {
-    if (EG_UNLIKELY(p != NULL && eg__is_mark(p))) {
+    if (EG__UNLIKELY(p != NULL && eg__is_mark(p))) {
         eg__leak *l = eg__mark_entry(p);
         if (l != NULL) {
             eg__leak_forget(l);
@@ -325,7 +325,7 @@ eg_ref_new(PyObject *obj)
         PyErr_SetString(PyExc_TypeError, "eg_ref_new: obj is NULL");
         return NULL;
     }
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     if (in == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "eg_ref_new: exitguard is not imported in this "
@@ -333,7 +333,7 @@ eg_ref_new(PyObject *obj)
         return NULL;
     }
     int state = atomic_load_explicit(&in->state, memory_order_acquire);
-    if (state >= EG_RELEASING) {
+    if (state >= EG__RELEASING) {
         goto closed;
     }
     eg__decref_maybe_drain(in);
@@ -354,8 +354,8 @@ eg_ref_new(PyObject *obj)
      * release it. */
     atomic_store_explicit(&s->obj, Py_NewRef(obj), memory_order_release);
     eg__fence_light();
-    if (EG_UNLIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
-                    >= EG_RELEASING)) {
+    if (EG__UNLIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
+                    >= EG__RELEASING)) {
         /* A mark here means the sweep took our object (and counted it):
          * uncount it, the sweep dropped the object. */
         PyObject *back = eg__taken(atomic_exchange_explicit(
@@ -388,7 +388,7 @@ eg_ref_get(const eg_ref *ref)
      * handed to another attached thread (free-threaded builds). */
     PyObject *obj = atomic_load_explicit(&((eg_ref *)ref)->obj,
                                          memory_order_acquire);
-    return EG_UNLIKELY(obj != NULL && eg__is_mark(obj)) ? NULL : obj;
+    return EG__UNLIKELY(obj != NULL && eg__is_mark(obj)) ? NULL : obj;
 }
 
 void
@@ -404,7 +404,7 @@ eg_ref_release(eg_ref *ref)
                   "an eg_ref");
     }
 #endif
-    eg__interp *in = ref->interp;
+    eg__record *in = ref->interp;
     /* Say that we are releasing it, then look at the state: the same
      * asymmetric pair as in eg_ref_new.  Before phase 2 the sweep is then
      * bound to see the mark and leave the slot to us -- the object is ours
@@ -415,8 +415,8 @@ eg_ref_release(eg_ref *ref)
                           memory_order_relaxed);
     eg__fence_light();
     PyObject *obj;
-    if (EG_LIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
-                  < EG_RELEASING)) {
+    if (EG__LIKELY(atomic_load_explicit(&in->state, memory_order_acquire)
+                  < EG__RELEASING)) {
         obj = atomic_load_explicit(&ref->obj, memory_order_relaxed);
         atomic_store_explicit(&ref->obj, NULL, memory_order_relaxed);
     }
@@ -449,9 +449,9 @@ eg_decref(PyObject *obj)
         Py_DECREF(obj);
         return;
     }
-    eg__interp *main_rec = atomic_load_explicit(&eg__main_record,
+    eg__record *main_rec = atomic_load_explicit(&eg__main_record,
                                                 memory_order_acquire);
-    if (EG_UNLIKELY(main_rec == NULL)) {
+    if (EG__UNLIKELY(main_rec == NULL)) {
         atomic_fetch_add_explicit(&eg__orphan_decrefs, 1,
                                   memory_order_relaxed);
         return;
@@ -462,7 +462,7 @@ eg_decref(PyObject *obj)
 Py_ssize_t
 eg_flush(void)
 {
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     if (in == NULL) {
         return 0;
     }
@@ -491,7 +491,7 @@ eg__registry_reusable(eg__registry *reg)
     for (uint32_t k = 0; k < nchunks; k++) {
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
-        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+        for (uint32_t i = 0; i < (EG__REF_CHUNK0 << k); i++) {
             uint32_t mark = atomic_load_explicit(&chunk[i].next_free,
                                                  memory_order_acquire);
             if (mark == EG__REF_HANDED_OUT || mark == EG__REF_RELEASING) {
@@ -525,7 +525,7 @@ eg__registry_live(eg__registry *reg)
     for (uint32_t k = 0; k < nchunks; k++) {
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
-        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+        for (uint32_t i = 0; i < (EG__REF_CHUNK0 << k); i++) {
             PyObject *p = atomic_load_explicit(&chunk[i].obj,
                                                memory_order_relaxed);
             live += p != NULL && !eg__is_mark(p);

@@ -63,7 +63,7 @@ eg__sweep_take(eg__registry *reg, eg_ref *s, int track, void **cache)
 }
 
 int
-eg__registry_sweep(eg__interp *in, int track)
+eg__registry_sweep(eg__record *in, int track)
 {
     eg__registry *reg = &in->refs;
     void *cache = NULL;
@@ -86,7 +86,7 @@ eg__registry_sweep(eg__interp *in, int track)
     for (uint32_t k = 0; k < nchunks; k++) {
         eg_ref *chunk = atomic_load_explicit(&reg->chunks[k],
                                              memory_order_acquire);
-        for (uint32_t i = 0; i < (EG_REF_CHUNK0 << k); i++) {
+        for (uint32_t i = 0; i < (EG__REF_CHUNK0 << k); i++) {
             PyObject *obj = eg__sweep_take(reg, &chunk[i], track, &cache);
             if (obj != NULL) {
                 atomic_fetch_add_explicit(&reg->swept, 1,

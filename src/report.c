@@ -53,7 +53,7 @@ int eg__leak_mode;
 static char *eg__stats_prefix;
 
 /* Exit status used by EXITGUARD_LEAKS=abort (EX_SOFTWARE). */
-#define EG_LEAK_EXIT_STATUS 70
+#define EG__LEAK_EXIT_STATUS 70
 
 /* Once per process (process init, before any interpreter stops), any
  * thread, no GIL needed: read EXITGUARD_LEAKS and EXITGUARD_EXIT_STATS. */
@@ -109,21 +109,21 @@ eg__outstanding(eg__leak *l)
  * the child of a parent whose subinterpreter fork killed (interp.c marks
  * those stopped without a sweep). */
 static int
-eg__record_is_ours(eg__interp *in, int pid)
+eg__record_is_ours(eg__record *in, int pid)
 {
     return atomic_load_explicit(&in->state,
-                                memory_order_seq_cst) < EG_RELEASING
+                                memory_order_seq_cst) < EG__RELEASING
         || atomic_load_explicit(&in->refs.swept_pid,
                                 memory_order_seq_cst) == pid;
 }
 
 /* The report's thread: what the record leaks, at the very end. */
 static void
-eg__tally_record(eg__interp *in, eg__tally *t)
+eg__tally_record(eg__record *in, eg__tally *t)
 {
     int state = atomic_load_explicit(&in->state, memory_order_seq_cst);
     t->unreleased = eg__report_unreleased(in);
-    t->still_held = state < EG_RELEASING ? eg__registry_live(&in->refs) : 0;
+    t->still_held = state < EG__RELEASING ? eg__registry_live(&in->refs) : 0;
     /* At the very end nothing will apply a queued decref any more. */
     t->dropped = atomic_load_explicit(&in->queue.dropped, memory_order_seq_cst)
                + eg__decref_pending_count(in);
@@ -145,7 +145,7 @@ eg__leak_cmp(const void *a, const void *b)
 /* The record's entries still counted, most first, in a malloc'd array of
  * *n (NULL when there are none or no memory). */
 static eg__leak **
-eg__leaks_sorted(eg__interp *in, size_t *n)
+eg__leaks_sorted(eg__record *in, size_t *n)
 {
     eg__registry *reg = &in->refs;
     size_t cap = 1;
@@ -174,7 +174,7 @@ eg__leaks_sorted(eg__interp *in, size_t *n)
 
 /* The report's thread: the record's leak report on stderr. */
 static void
-eg__print_record(eg__interp *in, const eg__tally *t)
+eg__print_record(eg__record *in, const eg__tally *t)
 {
     fprintf(stderr, "exitguard: leaks in interpreter %lld at exit:\n",
             (long long)in->id);
@@ -226,7 +226,7 @@ eg__json_str(FILE *f, const char *s)
 
 /* The report's thread: one record's counters as a JSON object. */
 static void
-eg__json_record(FILE *f, eg__interp *in, const eg__tally *t, int first)
+eg__json_record(FILE *f, eg__record *in, const eg__tally *t, int first)
 {
     int state = atomic_load_explicit(&in->state, memory_order_seq_cst);
     fprintf(f, "%s\n  {\"id\": %lld, \"main\": %s, \"state\": \"%s\", "
@@ -284,7 +284,7 @@ eg__json_record(FILE *f, eg__interp *in, const eg__tally *t, int first)
 /* The final counters, to PREFIX.PID.json (written to a temporary name and
  * renamed, so that a reader never sees half a file). */
 static void
-eg__write_stats(eg__interp **recs, const eg__tally *tallies, size_t n,
+eg__write_stats(eg__record **recs, const eg__tally *tallies, size_t n,
                 int pid)
 {
     size_t len = strlen(eg__stats_prefix) + 40;
@@ -338,10 +338,10 @@ eg__report_final(void *unused)
     }
     int pid = (int)getpid();
     size_t n = 0;
-    for (eg__interp *in = eg__interps_first(); in; in = in->next_record) {
+    for (eg__record *in = eg__records_first(); in; in = in->next_record) {
         n++;
     }
-    eg__interp **recs = calloc(n + 1, sizeof(*recs));
+    eg__record **recs = calloc(n + 1, sizeof(*recs));
     eg__tally *tallies = calloc(n + 1, sizeof(*tallies));
     if (recs == NULL || tallies == NULL) {
         fprintf(stderr, "exitguard: out of memory: no leak report\n");
@@ -351,13 +351,13 @@ eg__report_final(void *unused)
     }
     /* The list is newest first: report in creation order (main first). */
     size_t m = 0;
-    for (eg__interp *in = eg__interps_first(); in; in = in->next_record) {
+    for (eg__record *in = eg__records_first(); in; in = in->next_record) {
         if (eg__record_is_ours(in, pid)) {
             recs[m++] = in;
         }
     }
     for (size_t i = 0; i < m / 2; i++) {
-        eg__interp *x = recs[i];
+        eg__record *x = recs[i];
         recs[i] = recs[m - 1 - i];
         recs[m - 1 - i] = x;
     }
@@ -379,9 +379,9 @@ eg__report_final(void *unused)
     free(tallies);
     if (eg__leak_mode == 2 && leaked) {
         fprintf(stderr, "exitguard: EXITGUARD_LEAKS=abort: exiting with "
-                "status %d\n", EG_LEAK_EXIT_STATUS);
+                "status %d\n", EG__LEAK_EXIT_STATUS);
         fflush(NULL);
-        _exit(EG_LEAK_EXIT_STATUS);
+        _exit(EG__LEAK_EXIT_STATUS);
     }
 }
 

@@ -17,7 +17,7 @@
  *            registered reference.  Imported by an exit handler, exitguard
  *            misses atexit: the free of its last module runs phase 2.
  *
- * The state machine (eg__interp.state), every transition idempotent:
+ * The state machine (eg__record.state), every transition idempotent:
  *
  *     RUNNING --phase 1--> STOPPING --phase 2--> RELEASING ----> STOPPED
  *        |                                ^
@@ -55,11 +55,11 @@
 #include <unistd.h>
 
 void
-eg__phase1(eg__interp *in)
+eg__phase1(eg__record *in)
 {
-    int expected = EG_RUNNING;
+    int expected = EG__RUNNING;
     if (!atomic_compare_exchange_strong_explicit(
-            &in->state, &expected, EG_STOPPING,
+            &in->state, &expected, EG__STOPPING,
             memory_order_seq_cst, memory_order_relaxed)) {
         return;                 /* already stopping or stopped */
     }
@@ -83,15 +83,15 @@ eg__phase1(eg__interp *in)
 }
 
 void
-eg__phase2(eg__interp *in)
+eg__phase2(eg__record *in)
 {
-    if (atomic_load_explicit(&in->state, memory_order_seq_cst) == EG_RUNNING) {
+    if (atomic_load_explicit(&in->state, memory_order_seq_cst) == EG__RUNNING) {
         eg__phase1(in);
     }
-    int expected = EG_STOPPING;
+    int expected = EG__STOPPING;
     /* seq_cst: pairs with eg_ref_new's store-then-check (registry.c). */
     if (!atomic_compare_exchange_strong_explicit(
-            &in->state, &expected, EG_RELEASING,
+            &in->state, &expected, EG__RELEASING,
             memory_order_seq_cst, memory_order_relaxed)) {
         return;
     }
@@ -130,7 +130,7 @@ eg__phase2(eg__interp *in)
     (void)eg__registry_sweep(in, eg__report_tracking());
     /* Finalizers run by the sweep may have queued more. */
     (void)eg__decref_drain_all(in);
-    atomic_store_explicit(&in->state, EG_STOPPED, memory_order_seq_cst);
+    atomic_store_explicit(&in->state, EG__STOPPED, memory_order_seq_cst);
 }
 
 void

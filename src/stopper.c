@@ -36,7 +36,7 @@
 #include <string.h>
 #include <time.h>
 
-enum { EG_STOPPER_PENDING, EG_STOPPER_RUNNING, EG_STOPPER_DONE };
+enum { EG__STOPPER_PENDING, EG__STOPPER_RUNNING, EG__STOPPER_DONE };
 
 /* A handle's magic: live until freed.  A second eg_stopper_remove of the
  * same handle is told apart while the memory is not reused; debug and ASan
@@ -46,7 +46,7 @@ enum { EG_STOPPER_PENDING, EG_STOPPER_RUNNING, EG_STOPPER_DONE };
 
 struct eg_stopper {
     uint64_t magic;
-    eg__interp *interp;
+    eg__record *interp;
     void (*stop)(void *arg);
     void *arg;
     void (*dtor)(void *arg);     /* internal: runs attached when freed */
@@ -112,8 +112,8 @@ eg__stoppers_after_fork_child(eg__stoppers *st)
     st->watching = 0;
     st->current = NULL;
     for (struct eg_stopper *s = st->first; s != NULL; s = s->next) {
-        if (s->state == EG_STOPPER_RUNNING) {
-            s->state = EG_STOPPER_DONE;
+        if (s->state == EG__STOPPER_RUNNING) {
+            s->state = EG__STOPPER_DONE;
         }
     }
 }
@@ -131,7 +131,7 @@ eg__stopper_unlink(eg__stoppers *st, struct eg_stopper *s)
     if (s->next) {
         s->next->prev = s->prev;
     }
-    if (s->state == EG_STOPPER_PENDING) {
+    if (s->state == EG__STOPPER_PENDING) {
         st->count--;
     }
     for (struct eg_stopper *o = st->first; o != NULL; o = o->next) {
@@ -183,7 +183,7 @@ eg__stopper_valid(const struct eg_stopper *s, const char *what)
 }
 
 eg_stopper *
-eg__stopper_add_ex(eg__interp *in, void (*stop)(void *), void *arg,
+eg__stopper_add_ex(eg__record *in, void (*stop)(void *), void *arg,
                    void (*dtor)(void *), int auto_free, const char *label,
                    int *err)
 {
@@ -200,7 +200,7 @@ eg__stopper_add_ex(eg__interp *in, void (*stop)(void *), void *arg,
     s->arg = arg;
     s->dtor = dtor;
     s->auto_free = auto_free;
-    s->state = EG_STOPPER_PENDING;
+    s->state = EG__STOPPER_PENDING;
 
     eg__mutex_lock(&st->lock);
     if (st->phase1_done) {
@@ -229,7 +229,7 @@ eg_stopper_add(void (*stop)(void *arg), void *arg)
         PyErr_SetString(PyExc_TypeError, "eg_stopper_add: stop is NULL");
         return NULL;
     }
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     if (in == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
                         "eg_stopper_add: exitguard is not imported in this "
@@ -283,7 +283,7 @@ eg_stopper_after(eg_stopper *first, eg_stopper *then)
     eg__stoppers *st = &then->interp->stoppers;
     int rc = 0;
     eg__mutex_lock(&st->lock);
-    if (then->state != EG_STOPPER_PENDING) {
+    if (then->state != EG__STOPPER_PENDING) {
         rc = -EALREADY;
         goto done;
     }
@@ -326,7 +326,7 @@ eg_stopper_remove(eg_stopper *s)
         eg__mutex_unlock(&st->lock);
         return;
     }
-    if (s->state == EG_STOPPER_RUNNING) {
+    if (s->state == EG__STOPPER_RUNNING) {
         if (pthread_equal(s->runner, pthread_self())) {
             /* From inside its own callback: the runner frees it. */
             s->removed = 1;
@@ -343,7 +343,7 @@ eg_stopper_remove(eg_stopper *s)
             eg__mutex_lock(&st->lock);
         }
         s->waiters++;      /* the runner leaves the freeing to us */
-        while (s->state == EG_STOPPER_RUNNING) {
+        while (s->state == EG__STOPPER_RUNNING) {
             pthread_cond_wait(&st->done_cond, &st->lock);
         }
         if (saved != NULL) {
@@ -363,13 +363,13 @@ eg__pick(eg__stoppers *st)
 {
     struct eg_stopper *best = NULL;
     for (struct eg_stopper *s = st->first; s != NULL; s = s->next) {
-        if (s->state != EG_STOPPER_PENDING
+        if (s->state != EG__STOPPER_PENDING
                 || (best != NULL && s->seq < best->seq)) {
             continue;
         }
         int ready = 1;
         for (size_t i = 0; i < s->npreds && ready; i++) {
-            ready = s->preds[i]->state == EG_STOPPER_DONE;
+            ready = s->preds[i]->state == EG__STOPPER_DONE;
         }
         if (ready) {
             best = s;
@@ -477,7 +477,7 @@ eg__watchdog_start(eg__stoppers *st)
 }
 
 void
-eg__stoppers_run(eg__interp *in)
+eg__stoppers_run(eg__record *in)
 {
     eg__stoppers *st = &in->stoppers;
     eg__mutex_lock(&st->lock);
@@ -489,7 +489,7 @@ eg__stoppers_run(eg__interp *in)
         if (s == NULL) {
             break;
         }
-        s->state = EG_STOPPER_RUNNING;
+        s->state = EG__STOPPER_RUNNING;
         s->runner = pthread_self();
         st->count--;
         st->current = s;
@@ -508,7 +508,7 @@ eg__stoppers_run(eg__interp *in)
 
         eg__mutex_lock(&st->lock);
         st->current = NULL;
-        s->state = EG_STOPPER_DONE;
+        s->state = EG__STOPPER_DONE;
         pthread_cond_broadcast(&st->done_cond);
         if (s->removed || (s->auto_free && s->waiters == 0)) {
             eg__stopper_unlink(st, s);
@@ -526,7 +526,7 @@ eg__stoppers_run(eg__interp *in)
 }
 
 void
-eg__stoppers_note_error(eg__interp *in)
+eg__stoppers_note_error(eg__record *in)
 {
     eg__mutex_lock(&in->stoppers.lock);
     in->stoppers.errors++;
@@ -534,7 +534,7 @@ eg__stoppers_note_error(eg__interp *in)
 }
 
 uint64_t
-eg__stoppers_errors(eg__interp *in)
+eg__stoppers_errors(eg__record *in)
 {
     eg__mutex_lock(&in->stoppers.lock);
     uint64_t n = in->stoppers.errors;
@@ -543,7 +543,7 @@ eg__stoppers_errors(eg__interp *in)
 }
 
 size_t
-eg__stoppers_count(eg__interp *in)
+eg__stoppers_count(eg__record *in)
 {
     eg__mutex_lock(&in->stoppers.lock);
     size_t n = in->stoppers.count;

@@ -44,7 +44,7 @@ double eg__join_timeout = 10.0;
 
 struct eg_thread {
     uint64_t magic;
-    eg__interp *interp;
+    eg__record *interp;
     char *name;                  /* whole, as given (the OS name keeps 15) */
     void (*run)(void *arg);
     void (*request_stop)(void *arg);
@@ -148,7 +148,7 @@ eg__thread_main(void *p)
 }
 
 static struct eg_thread *
-eg__thread_alloc(eg__interp *in, const char *name, void *arg)
+eg__thread_alloc(eg__record *in, const char *name, void *arg)
 {
     struct eg_thread *t = calloc(1, sizeof(*t));
     if (t == NULL) {
@@ -202,7 +202,7 @@ eg__thread_register_new(eg_thread **out, const char *name, void *arg,
                         int (*join)(void *, double))
 {
     *out = NULL;
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     if (in == NULL) {
         return -ESHUTDOWN;
     }
@@ -379,7 +379,7 @@ eg__threads_close(eg__threads *th)
 }
 
 size_t
-eg__threads_stop_all(eg__interp *in, double timeout_s)
+eg__threads_stop_all(eg__record *in, double timeout_s)
 {
     eg__threads *th = &in->threads;
     eg__mutex_lock(&th->lock);
@@ -477,7 +477,7 @@ eg__threads_reset(eg__threads *th)
 }
 
 size_t
-eg__threads_live(eg__interp *in)
+eg__threads_live(eg__record *in)
 {
     eg__mutex_lock(&in->threads.lock);
     size_t n = in->threads.live;

@@ -62,7 +62,7 @@ int
 eg__thread_exit_arm(eg__exit_part part, eg__exit_fn fn)
 {
     unsigned bit = 1u << part;
-    if (EG_LIKELY(eg__exit_armed & bit)) {
+    if (EG__LIKELY(eg__exit_armed & bit)) {
         return 0;
     }
     pthread_once(&eg__exit_once, eg__exit_key_create);

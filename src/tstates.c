@@ -125,11 +125,11 @@ eg__tstates_release_self(void)
 }
 
 void
-eg__tstates_reap(eg__interp *in)
+eg__tstates_reap(eg__record *in)
 {
     eg__gate *g = &in->gate;
     /* Relaxed: a stale 0 only leaves the work to the next attach. */
-    if (EG_LIKELY(atomic_load_explicit(&g->ndead, memory_order_relaxed)
+    if (EG__LIKELY(atomic_load_explicit(&g->ndead, memory_order_relaxed)
                   == 0)) {
         return;
     }
@@ -164,8 +164,8 @@ eg__tstates_reap(eg__interp *in)
  * no thread state yet and its seat in the gate's door (an entry of a
  * closed gate is harmless: records live for ever, and a reused one takes it
  * up again).  NULL when out of memory. */
-EG_NOINLINE eg__tsentry *
-eg__tstates_entry_new(eg__interp *in)
+EG__NOINLINE eg__tsentry *
+eg__tstates_entry_new(eg__record *in)
 {
     eg__tsentry *e = calloc(1, sizeof(*e));
     if (e == NULL) {
@@ -186,7 +186,7 @@ eg__tstates_entry_new(eg__interp *in)
 /* Inside the gate, guard held, not attached: give e a new thread state of
  * its interpreter and list it in the gate.  Returns 0 or -ENOMEM. */
 int
-eg__tstates_new_tstate(eg__interp *in, eg__tsentry *e)
+eg__tstates_new_tstate(eg__record *in, eg__tsentry *e)
 {
     /* No GIL needed (PyThreadState_New takes the runtime's own lock); the
      * gate and the guard keep the interpreter alive. */
@@ -225,7 +225,7 @@ eg__entry_is_mine(eg__tsentry *e)
 /* The entries' part of eg__gate_after_fork_child, which has re-made the
  * gate's lock and door: see above. */
 void
-eg__tstates_after_fork_child(eg__interp *in)
+eg__tstates_after_fork_child(eg__record *in)
 {
     eg__gate *g = &in->gate;
     /* Threads that were inside at fork time are gone, but on 3.15 the

@@ -268,7 +268,7 @@ PyType_Spec eg__cq_spec = {
 eg_cq *
 eg_cq_from_object(PyObject *obj)
 {
-    eg__interp *in = eg__interp_current();
+    eg__record *in = eg__record_current();
     (void)in;
     if (obj != NULL) {
         PyObject *name = PyObject_GetAttrString((PyObject *)Py_TYPE(obj),

@@ -24,7 +24,7 @@
 PyObject *
 eg__py_after_fork_child(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    eg__interp *in = eg__get_state(module)->rec;
+    eg__record *in = eg__get_state(module)->rec;
     if (in->is_main) {
         eg__gate_close_fork_orphans(in);
         (void)eg__decref_drain_sc(in);

@@ -39,7 +39,7 @@ PyDoc_STRVAR(state_doc,
 static PyObject *
 eg_py_state(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    eg__interp *in = eg__get_state(module)->rec;
+    eg__record *in = eg__get_state(module)->rec;
     return PyUnicode_FromString(eg__state_name(eg__state_of(in)));
 }
 
@@ -53,7 +53,7 @@ eg_py_phase1(PyObject *module, PyObject *Py_UNUSED(ignored))
 /* Phase 2 of `in`, attached to it: from the atexit hook, or from the
  * interpreter's teardown when no hook ran it (eg__late_phase2). */
 static void
-eg__run_phase2(eg__interp *in)
+eg__run_phase2(eg__record *in)
 {
     if (in->is_main) {
         /* The process is going: no native thread may attach to any
@@ -126,9 +126,9 @@ static PyMethodDef eg_methods[] = {
  * runtime finalizing, or sys.modules no longer listing us) -- a `del` of
  * the attribute must not stop a live interpreter. */
 static void
-eg__late_phase2(eg__interp *in, int from_dict)
+eg__late_phase2(eg__record *in, int from_dict)
 {
-    if (eg__state_of(in) == EG_STOPPED || eg__interp_modules(in) != 1) {
+    if (eg__state_of(in) == EG__STOPPED || eg__record_modules(in) != 1) {
         return;
     }
     if (from_dict && !Py_IsFinalizing()) {
@@ -147,7 +147,7 @@ eg__late_phase2(eg__interp *in, int from_dict)
 static void
 eg__teardown_destructor(PyObject *capsule)
 {
-    eg__interp *in = PyCapsule_GetPointer(capsule, "exitguard._teardown");
+    eg__record *in = PyCapsule_GetPointer(capsule, "exitguard._teardown");
     if (in != NULL) {
         eg__late_phase2(in, 1);
     }
@@ -160,8 +160,8 @@ static int
 eg_exec(PyObject *module)
 {
     eg__modstate *st = eg__get_state(module);
-    eg__interps_process_init();
-    st->rec = eg__interp_acquire();
+    eg__records_process_init();
+    st->rec = eg__record_acquire();
     if (st->rec == NULL) {
         return -1;
     }
@@ -202,7 +202,7 @@ eg_exec(PyObject *module)
                                  st->StoppingError) < 0) {
         return -1;
     }
-#if EG_FREE_THREADED
+#if EG__FREE_THREADED
     if (st->rec->noop == NULL) {
         /* A Python-level function (its RESUME checks the eval breaker);
          * kept for the life of the interpreter. */
@@ -308,15 +308,15 @@ eg_free(void *module)
         eg__late_phase2(st->rec, 0);
     }
     if (st != NULL && st->rec != NULL) {
-        eg__interp_release(st->rec);
+        eg__record_release(st->rec);
         st->rec = NULL;
     }
 }
 
 static PyModuleDef_Slot eg_slots[] = {
     {Py_mod_exec, (void *)eg_exec},
-    EG_SLOT_MULTIPLE_INTERPRETERS
-    EG_SLOT_GIL
+    EG__SLOT_MULTIPLE_INTERPRETERS
+    EG__SLOT_GIL
     {0, NULL},
 };
 

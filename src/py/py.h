@@ -12,8 +12,8 @@
  * own eg__modstate pointing at that interpreter's record (interp.c), and its
  * own heap types, created in eg_exec (module.c) from the specs below.
  */
-#ifndef EG_PY_H
-#define EG_PY_H
+#ifndef EG__PY_H
+#define EG__PY_H
 
 #ifndef EG_BUILDING
 #  error "py.h is private to exitguard"
@@ -24,7 +24,7 @@
 /* ---- Module state --------------------------------------------------------- */
 
 typedef struct {
-    eg__interp *rec;
+    eg__record *rec;
     PyTypeObject *ExitStopper_Type;
     PyTypeObject *Event_Type;
     PyTypeObject *CompletionQueue_Type;
@@ -91,4 +91,4 @@ int eg__hook_shutdown(PyObject *module);
  * exception set. */
 int eg__hook_fork(PyObject *module);
 
-#endif /* EG_PY_H */
+#endif /* EG__PY_H */

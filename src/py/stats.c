@@ -41,12 +41,12 @@ eg__count(_Atomic uint64_t *c)
 PyObject *
 eg__py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
-    eg__interp *in = eg__get_state(module)->rec;
+    eg__record *in = eg__get_state(module)->rec;
     eg__decref_queue *q = &in->queue;
     int state = eg__state_of(in);
     uint64_t pending = eg__decref_pending_count(in);
     uint64_t dropped = eg__count(&q->dropped);
-    if (state == EG_STOPPED) {
+    if (state == EG__STOPPED) {
         dropped += pending;     /* never applied now: leaked, counted */
         pending = 0;
     }
@@ -90,7 +90,7 @@ eg__py_stats(PyObject *module, PyObject *Py_UNUSED(ignored))
         || eg__set_u64(d, "attach_guards", attach_guards) < 0
         || eg__set_u64(d, "tstates_reaped", eg__count(&in->gate.reaped)) < 0
         || PyDict_SetItemString(d, "pep788",
-                                EG_HAVE_PEP788 ? Py_True : Py_False) < 0
+                                EG__HAVE_PEP788 ? Py_True : Py_False) < 0
         || eg__set_u64(d, "interpreter_id", (uint64_t)in->id) < 0
         || eg__set_u64(d, "record_generation",
                        eg__count(&in->generation)) < 0

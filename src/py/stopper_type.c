@@ -45,7 +45,7 @@ exitstopper_run(void *arg)
          * Counted too: exitguard.testing fails an exit with a raising
          * stopper even when the hook was silenced. */
         PyErr_WriteUnraisable(self->callback);
-        eg__interp *in = eg__interp_current();
+        eg__record *in = eg__record_current();
         if (in != NULL) {
             eg__stoppers_note_error(in);
         }

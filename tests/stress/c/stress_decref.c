@@ -38,7 +38,7 @@
 
 static PyObject *objs;             /* PRODUCERS * ITEMS fake objects */
 static _Atomic int producers_done;
-static eg__interp *in;
+static eg__record *in;
 
 typedef struct { int index, wave; } prod_t;
 
@@ -99,7 +99,7 @@ main(void)
         return 2;
     }
     eg__decref_queue_init(&in->queue);
-    atomic_init(&in->state, EG_RUNNING);
+    atomic_init(&in->state, EG__RUNNING);
     in->is_main = 0;                    /* no Py_AddPendingCall */
     for (size_t i = 0; i < (size_t)PRODUCERS * ITEMS; i++) {
         Py_SET_REFCNT(&objs[i], BASE_REFCNT);
