@@ -148,8 +148,8 @@ class Checks:
         ]
         want_sdist = [
             "include/exitguard.h", "include/exitguard.hpp", "include/exitguard/version.h",
-            "include/exitguard/pybind11.h", "include/exitguard/nanobind.h", "src/eg_internal.h",
-            "src/eg_compat.h", "src/py/module.c", "src/py/py.h", "src/exitguard/__init__.pxd",
+            "include/exitguard/pybind11.h", "include/exitguard/nanobind.h", "src/core/record.h",
+            "src/base/compat.h", "src/py/module.c", "src/py/py.h", "src/exitguard/__init__.pxd",
             "src/exitguard/pkgconfig/exitguard.pc.in", "src/exitguard/cmake/exitguardConfig.cmake",
             "valgrind.supp", "README.md", "pyproject.toml", "setup.py",
         ]

@@ -11,7 +11,15 @@
  * a new slot goes at the end of eg_capi and of this table (docs/api.md,
  * "Versions and the ABI rule").
  */
-#include "eg_internal.h"
+#include "py/py.h"
+#include "base/platform.h"
+#include "core/record.h"
+#include "core/registry.h"
+#include "core/gate.h"
+#include "core/thread.h"
+#include "core/stopper.h"
+#include "core/completion.h"
+#include "core/log.h"
 
 /* ---- The C API table ------------------------------------------------------------ */
 

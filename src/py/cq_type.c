@@ -14,8 +14,9 @@
  * reference (traversed and cleared for the GC); the queue holds only a
  * borrowed pointer back to its object.
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "core/record.h"
+#include "core/completion.h"
 
 #include <stddef.h>
 #include <structmember.h>

@@ -12,8 +12,9 @@
  * thread never blocks exit) or the signal handler's exception.  It also
  * holds eg__no_args, the argument check CompletionQueue() shares (py.h).
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "base/platform.h"
+#include "core/record.h"
 
 #include <errno.h>
 #include <math.h>

@@ -13,8 +13,13 @@
  * hook: they last as long as the interpreter, and an import too late for
  * atexit is caught by the module's teardown instead (module.c).
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "core/record.h"
+#include "core/decref.h"
+#include "core/gate.h"
+#include "core/kicker.h"
+#include "lifecycle/shutdown.h"
+#include "lifecycle/interp.h"
 
 /* ---- Fork ---------------------------------------------------------------- */
 

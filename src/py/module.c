@@ -15,8 +15,14 @@
  * exports the C API table (capi.c) and installs the hooks (hooks.c); the
  * stats builder is stats.c's.
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "core/record.h"
+#include "core/decref.h"
+#include "core/thread.h"
+#include "core/log.h"
+#include "core/kicker.h"
+#include "lifecycle/shutdown.h"
+#include "lifecycle/interp.h"
 
 /* ---- Module functions -------------------------------------------------------- */
 

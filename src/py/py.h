@@ -19,7 +19,7 @@
 #  error "py.h is private to exitguard"
 #endif
 
-#include "eg_internal.h"
+#include "core/record.h"
 
 /* ---- Module state --------------------------------------------------------- */
 
@@ -90,5 +90,8 @@ int eg__hook_shutdown(PyObject *module);
  * _after_fork_parent and _after_fork_child.  Returns 0, or -1 with an
  * exception set. */
 int eg__hook_fork(PyObject *module);
+
+/* The C API table the capsule exports (capi.c). */
+extern const eg_capi eg__capi;
 
 #endif /* EG__PY_H */

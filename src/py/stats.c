@@ -11,8 +11,15 @@
  * are reported as dropped (leaked), not queued.  Which keys exist and what
  * each means is docs/api.md's.
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "core/record.h"
+#include "core/decref.h"
+#include "core/leak.h"
+#include "core/registry.h"
+#include "core/gate.h"
+#include "core/thread.h"
+#include "core/stopper.h"
+#include "core/log.h"
 
 static int
 eg__set_u64(PyObject *d, const char *key, uint64_t v)

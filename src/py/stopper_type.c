@@ -11,8 +11,11 @@
  * The file does not order stoppers itself: after() hands the ordering to the
  * registry (eg_stopper_after), and phase 1 runs them (shutdown.c).
  */
-#include "eg_internal.h"
-#include "py.h"
+#include "py/py.h"
+#include "base/platform.h"
+#include "core/record.h"
+#include "core/decref.h"
+#include "core/stopper.h"
 
 #include <errno.h>
 

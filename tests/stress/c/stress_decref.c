@@ -22,7 +22,7 @@
  * Built and run by tests/stress/c/Makefile (make test), also under
  * ThreadSanitizer and AddressSanitizer.
  */
-#include "eg_internal.h"
+#include "core/decref.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /*
- * stress_door.c -- C-level stress test of the door (src/door.c), the
+ * stress_door.c -- C-level stress test of the door (src/base/door.c), the
  * primitive under the attach gate: no entrant ever gets in once closing has
  * begun, nobody is inside when a pause or a close has waited the door
  * empty, and entrants that met a pause get in after the resume.
@@ -33,7 +33,7 @@
 #  define _POSIX_C_SOURCE 200809L
 #endif
 
-#include "door.h"
+#include "base/door.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -9,7 +9,7 @@
  * counted as dropped -- and the two must add up to N * M.  (The first
  * eg__log_pop_raw makes this thread the only consumer: no forwarder.)
  */
-#include "eg_internal.h"
+#include "core/log.h"
 
 #include <stdio.h>
 #include <string.h>
