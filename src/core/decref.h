@@ -1,6 +1,7 @@
 /*
- * core/decref.h -- the deferred-decref queue: producers (decref.c) and the
- * drain (decref_drain.c).  Design: decref.c.
+ * core/decref.h -- the deferred-decref queue's producers (decref.c): the
+ * push, the accounting, init, reuse and fork, the kicked list.  The drain
+ * is core/decref_drain.h.  Design: decref.c.
  */
 #ifndef EG__DECREF_H
 #define EG__DECREF_H
@@ -11,14 +12,6 @@
  * GIL; allocates once per EG__SEG_SIZE pushes at most, and takes a mutex
  * only when memory runs out (the spill path). */
 void eg__decref_push_mp(eg__record *in, PyObject *obj);
-
-/* Attached to `in`: apply every queued decref.  Returns how many; 0 when
- * another drain holds the single-consumer claim. */
-Py_ssize_t eg__decref_drain_sc(eg__record *in);
-
-/* Attached to `in`, phase 2: wait (GIL released) for the claim, then apply
- * every queued decref, also in state RELEASING.  Returns how many. */
-Py_ssize_t eg__decref_drain_all(eg__record *in);
 
 /* Decrefs queued now and not yet applied (approximate while producers run). */
 uint64_t eg__decref_pending_count(eg__record *in);
@@ -36,17 +29,5 @@ void eg__decref_process_init(void);   /* once per process, and in a fork child *
 int eg__decref_kick_fd(void);
 eg__record *eg__decref_take_kicked(void);
 eg__record *eg__decref_kicked_pop(eg__record **list);
-
-/* Attached to `in`: drain if a drain has been requested (one relaxed load
- * when the queue is empty).  For exitguard's entry points. */
-static inline void
-eg__decref_maybe_drain(eg__record *in)
-{
-    /* Relaxed: a stale 0 only delays this opportunistic drain; the pending
-     * call or a later entry point applies the queue. */
-    if (atomic_load_explicit(&in->queue.requested, memory_order_relaxed)) {
-        (void)eg__decref_drain_sc(in);
-    }
-}
 
 #endif /* EG__DECREF_H */

@@ -15,7 +15,7 @@
  * decref.c, and decref.c nothing here: the producers ask for a drain through
  * the kicker's list, never by calling one.
  */
-#include "core/decref.h"
+#include "core/decref_drain.h"
 #include "base/fence.h"
 #include "core/record.h"
 

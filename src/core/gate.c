@@ -78,8 +78,8 @@
 #include "base/fence.h"
 #include "base/door.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/tstates.h"
+#include "core/decref_drain.h"
 
 #include <errno.h>
 #include <math.h>

@@ -59,6 +59,7 @@
 #include "base/thread_exit.h"
 #include "core/record.h"
 #include "core/log_state.h"
+#include "core/log_forwarder.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -16,7 +16,7 @@
  * before it touches Python; eg__log_init_main and eg__log_stop_and_drain
  * run attached.
  */
-#include "core/log.h"
+#include "core/log_forwarder.h"
 #include "core/record.h"
 #include "core/gate.h"
 #include "core/tstates.h"

@@ -62,6 +62,7 @@
 #include "core/record.h"
 #include "core/decref.h"
 #include "core/leak.h"
+#include "core/decref_drain.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -32,8 +32,8 @@
 #include "core/stopper.h"
 #include "base/platform.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/thread.h"
+#include "core/decref_drain.h"
 
 #include <dlfcn.h>
 #include <errno.h>

@@ -51,14 +51,14 @@
  */
 #include "lifecycle/shutdown.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/registry.h"
 #include "core/gate.h"
 #include "core/thread.h"
 #include "core/stopper.h"
 #include "core/completion.h"
-#include "core/log.h"
 #include "core/kicker.h"
+#include "core/decref_drain.h"
+#include "core/log_forwarder.h"
 #include "lifecycle/report.h"
 
 #include <string.h>

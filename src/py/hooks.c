@@ -15,9 +15,9 @@
  */
 #include "py/py.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/gate.h"
 #include "core/kicker.h"
+#include "core/decref_drain.h"
 #include "lifecycle/shutdown.h"
 #include "lifecycle/interp.h"
 

@@ -17,10 +17,11 @@
  */
 #include "py/py.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/thread.h"
 #include "core/log.h"
 #include "core/kicker.h"
+#include "core/decref_drain.h"
+#include "core/log_forwarder.h"
 #include "lifecycle/shutdown.h"
 #include "lifecycle/interp.h"
 

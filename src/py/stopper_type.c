@@ -14,8 +14,8 @@
 #include "py/py.h"
 #include "base/platform.h"
 #include "core/record.h"
-#include "core/decref.h"
 #include "core/stopper.h"
+#include "core/decref_drain.h"
 
 #include <errno.h>
 

@@ -23,6 +23,7 @@
  * ThreadSanitizer and AddressSanitizer.
  */
 #include "core/decref.h"
+#include "core/decref_drain.h"
 
 #include <stdio.h>
 #include <string.h>

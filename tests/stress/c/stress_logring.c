@@ -10,6 +10,7 @@
  * eg__log_pop_raw makes this thread the only consumer: no forwarder.)
  */
 #include "core/log.h"
+#include "core/log_forwarder.h"
 
 #include <stdio.h>
 #include <string.h>
