@@ -40,8 +40,22 @@
  *              handler, from its module's teardown): queued decrefs are
  *              applied and every registered reference is released.
  * The stop phases and the states an interpreter passes through are drawn in
- * docs/design.md.  Functions returning int return 0 or a negative errno
- * (-EINVAL, -ENOMEM, -ESHUTDOWN, ...); eg_strerror() names it.
+ * docs/design.md.
+ *
+ * Errors, one rule for every function below:
+ *   - a constructor that runs attached (eg_ref_new, eg_stopper_add,
+ *     eg_interp_current, eg_cq_from_object) returns NULL with a Python
+ *     exception set, as the C API does;
+ *   - every other function returning int returns 0 (or a count) on success
+ *     and a negative errno on failure (-EINVAL, -ENOMEM, -ESHUTDOWN, ...),
+ *     never with an exception set -- except EG_WAIT_INTERRUPTED, which
+ *     carries the signal handler's exception; eg_strerror() names every
+ *     value these contracts mention;
+ *   - a constructor that may run on any thread (eg_event_new,
+ *     eg_interp_main) returns NULL and sets nothing;
+ *   - predicates (eg_event_is_set, eg_thread_stop_requested,
+ *     eg_log_enabled) return 1 or 0, and void functions cannot fail (a NULL
+ *     argument is a no-op).
  */
 #ifndef EXITGUARD_H
 #define EXITGUARD_H

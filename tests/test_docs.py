@@ -40,3 +40,22 @@ def test_every_python_name_is_documented():
     api = _read("docs", "api.md")
     for name in exitguard.__all__:
         assert "exitguard.%s" % name in api or "`%s" % name in api, name
+
+
+def test_every_errno_the_header_promises_is_named(run_py):
+    """eg_strerror names every negative errno (and EG_WAIT_*) the header's contracts promise."""
+    text = _read("include", "exitguard.h")
+    promised = sorted(set(re.findall(r"-(E[A-Z]{3,})\b", text)))
+    assert {"EINVAL", "ESHUTDOWN", "ENOSYS", "EDEADLK"} <= set(promised)   # the parser works
+    res = run_py(
+        """
+        import errno, json, egtest
+        names = %r
+        print(json.dumps({n: egtest.strerror(-getattr(errno, n)) for n in names}
+                         | {"unknown": egtest.strerror(-12345)}))
+        """ % (promised,)
+    )
+    msgs = res.data
+    unknown = msgs.pop("unknown")
+    unnamed = sorted(n for n, m in msgs.items() if m == unknown)
+    assert not unnamed, "eg_strerror has no message for: %s" % ", ".join(unnamed)
