@@ -139,6 +139,13 @@ eg__door_init(eg__door *d, uint64_t inside)
                           memory_order_relaxed);
 }
 
+void
+eg__door_destroy(eg__door *d)
+{
+    pthread_cond_destroy(&d->changed);
+    pthread_mutex_destroy(&d->lock);
+}
+
 /* Slow path of enter: wait until the door is no longer paused. */
 static void
 eg__door_wait_resumed(eg__door *d)

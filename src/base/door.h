@@ -63,10 +63,14 @@ typedef struct {
     eg__door_seat *seats;          /* every listed seat */
 } eg__door;
 
-/* Make an OPEN, empty door.  Also in a forked child (pthread_atfork child
- * handler) with `inside` = the forking thread's own entries: the others
- * vanished with their threads, and a pause in progress is over. */
+/* Make a door: zeroed memory makes an OPEN, empty one.  Also in a forked
+ * child (pthread_atfork child handler) with `inside` = the forking thread's
+ * own entries: the others vanished with their threads, a pause in progress
+ * is over, and the state (open, closing, closed) is kept. */
 void eg__door_init(eg__door *d, uint64_t inside);
+/* Free the door's lock and condition.  Nobody may be inside, waiting, or
+ * use it again (a door that is freed with its owner: completion queues). */
+void eg__door_destroy(eg__door *d);
 
 /* Any thread: count the caller in.  Returns 0, or -ESHUTDOWN once the door
  * is closing or closed.  While the door is paused it waits, without any

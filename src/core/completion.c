@@ -4,7 +4,7 @@
  * eventfd reader) runs them attached.
  *
  * CAUTION: eg_cq_post/eg_cq_post_future run on any thread with no thread
- * state: an atomic counter, one malloc, one CAS and maybe one write(2).
+ * state: the door (base/door.h), one malloc, one CAS and maybe one write(2).
  * Everything that touches Python (running, cancelling) runs attached.
  *
  * DESIGN
@@ -18,9 +18,10 @@
  * wake-up, at worst a spurious one.  The taken list is reversed to run in
  * posting order.
  *
- * Closing (CompletionQueue.close(), its deallocation, or phase 2 of its
- * interpreter) sets `closed`, waits for posts already past their check
- * (`inflight`, a Dekker pair with the poster), and calls every pending
+ * Posts pass through a door (base/door.h: count in, then check closed, in
+ * one read-modify-write).  Closing (CompletionQueue.close(), its
+ * deallocation, or phase 2 of its interpreter) closes the door, waits --
+ * GIL released -- for the posts inside, and calls every pending
  * callback with cancelled = 1 so native resources are freed; pending
  * futures are cancelled -- unless their loop is closed already, where
  * cancelling would schedule callbacks on a dead loop ("Event loop is
@@ -31,15 +32,15 @@
  *   post          | any thread, no GIL   | posts, run, close
  *   run           | owner, attached      | posts (never another run or
  *                 |                      | close: the object's lock)
- *   close/cancel  | attached             | posts (inflight wait)
+ *   close/cancel  | attached             | posts (the door's wait)
  */
 #include "core/completion.h"
+#include "base/door.h"
 #include "base/platform.h"
 #include "core/record.h"
 #include "core/registry.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -54,8 +55,7 @@ typedef struct eg__cqnode {
 
 struct eg_cq {
     _Atomic(eg__cqnode *) head;
-    _Atomic int closed;
-    _Atomic int inflight;
+    eg__door door;                  /* posts pass through it; close shuts it */
     int efd;
     eg__record *interp;
     PyObject *owner;                /* the CompletionQueue (borrowed) */
@@ -75,6 +75,7 @@ eg__cq_new(eg__record *in, PyObject *owner)
         free(q);
         return NULL;
     }
+    eg__door_init(&q->door, 0);      /* calloc'd: open, nobody inside */
     q->interp = in;
     q->owner = owner;
     eg__mutex_lock(&in->cq_lock);
@@ -105,17 +106,15 @@ eg__cq_counts(eg_cq *q, uint64_t out[4])
 int
 eg__cq_closed(eg_cq *q)
 {
-    return atomic_load_explicit(&q->closed, memory_order_seq_cst);
+    return eg__door_state(&q->door) != EG__DOOR_OPEN;
 }
 
 static int
 eg__cq_push(eg_cq *q, eg__cqnode *n)
 {
-    /* Count ourselves in before checking `closed` (seq_cst both sides):
-     * either close sees us and waits, or we see closed and back out. */
-    atomic_fetch_add_explicit(&q->inflight, 1, memory_order_seq_cst);
-    if (atomic_load_explicit(&q->closed, memory_order_seq_cst)) {
-        atomic_fetch_sub_explicit(&q->inflight, 1, memory_order_release);
+    /* In through the door, or refused once close began: either close
+     * counts us and waits, or we see it closing and back out. */
+    if (eg__door_enter_mp(&q->door) < 0) {
         return -ESHUTDOWN;
     }
     eg__cqnode *head = atomic_load_explicit(&q->head, memory_order_relaxed);
@@ -133,7 +132,7 @@ eg__cq_push(eg_cq *q, eg__cqnode *n)
         (void)w;
         atomic_fetch_add_explicit(&q->wakeups, 1, memory_order_relaxed);
     }
-    atomic_fetch_sub_explicit(&q->inflight, 1, memory_order_release);
+    eg__door_leave_mp(&q->door);
     return 0;
 }
 
@@ -316,16 +315,18 @@ eg__cq_run(eg_cq *q)
 void
 eg__cq_close(eg_cq *q)
 {
-    if (atomic_exchange_explicit(&q->closed, 1, memory_order_seq_cst)) {
+    if (eg__cq_closed(q)) {
         return;
     }
-    if (atomic_load_explicit(&q->inflight, memory_order_seq_cst)) {
+    if (eg__door_begin_close(&q->door) > 0) {
+        /* Posts inside take a few instructions and never block: no
+         * deadline is needed, but the wait releases the GIL all the same. */
+        struct timespec forever = eg__deadline(-1);
         EG__BEGIN_WAIT
-        while (atomic_load_explicit(&q->inflight, memory_order_seq_cst)) {
-            sched_yield();
-        }
+        (void)eg__door_wait_empty(&q->door, &forever);
         EG__END_WAIT
     }
+    eg__door_finish_close(&q->door);
     eg__cqnode *list = eg__cq_take(q);
     while (list != NULL) {
         eg__cqnode *next = list->next;
@@ -352,12 +353,13 @@ eg__cq_free(eg_cq *q)
     }
     eg__mutex_unlock(&in->cq_lock);
     close(q->efd);
+    eg__door_destroy(&q->door);
     free(q);
 }
 
 /* pthread_atfork child, no Python API: a poster that was inside
  * eg__cq_push at fork time does not exist in the child, so its count in
- * `inflight` would make close() wait for ever (found by the torture suite).
+ * the door would make close() wait for ever (found by the torture suite).
  * Its node is in the list or it is not -- the CAS decided before the fork. */
 void
 eg__cq_after_fork_child(eg__record *in)
@@ -366,7 +368,7 @@ eg__cq_after_fork_child(eg__record *in)
         abort();
     }
     for (eg_cq *q = in->cqs; q != NULL; q = q->next) {
-        atomic_store_explicit(&q->inflight, 0, memory_order_relaxed);
+        eg__door_init(&q->door, 0);      /* keeps open or closed */
         eg__reopen_eventfd(q->efd);
         if (atomic_load_explicit(&q->head, memory_order_relaxed) != NULL) {
             uint64_t one = 1;        /* still pending: keep the fd readable */
@@ -386,9 +388,7 @@ eg__cq_close_all(eg__record *in)
         PyObject *owner = NULL;
         eg__mutex_lock(&in->cq_lock);
         for (eg_cq *c = in->cqs; c != NULL; c = c->next) {
-            int closed = atomic_load_explicit(&c->closed,
-                                              memory_order_seq_cst);
-            if (!closed && Py_REFCNT(c->owner) > 0) {
+            if (!eg__cq_closed(c) && Py_REFCNT(c->owner) > 0) {
                 q = c;
                 /* Keep the object -- and so q -- alive while cancellation
                  * callbacks run (one of them may drop the last reference). */

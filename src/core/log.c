@@ -55,6 +55,7 @@
  *   levels_changed     | attached (main)         | lookups (relaxed stores)
  */
 #include "core/log.h"
+#include "base/door.h"
 #include "base/platform.h"
 #include "base/thread_exit.h"
 #include "core/record.h"
@@ -179,6 +180,7 @@ eg__log_process_init(void)
         atomic_init(&eg__log.slots[i].seq, i);
     }
     eg__log.mask = size - 1;
+    eg__door_init(&eg__log.door, 0);
     eg__log.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (eg__log.efd < 0) {
         abort();
@@ -350,15 +352,11 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
         eg__log_count_filtered();
         return;
     }
-    /* Count ourselves in before checking `stopped` (seq_cst on both
-     * sides): either phase 2 sees us and waits until we have published, or
-     * we see stopped and go to stderr -- no message can land in the ring
-     * after its last drain (found by the torture suite: one line in 5000
-     * went unaccounted). */
-    atomic_fetch_add_explicit(&eg__log.producing, 1, memory_order_seq_cst);
-    if (EG__UNLIKELY(atomic_load_explicit(&eg__log.stopped,
-                                         memory_order_seq_cst))) {
-        atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
+    /* In through the door, or to stderr once phase 2 closed it: either
+     * phase 2 counts us and waits until we have published, or we see it
+     * closing -- no message can land in the ring after its last drain
+     * (found by the torture suite: one line in 5000 went unaccounted). */
+    if (EG__UNLIKELY(eg__door_enter_mp(&eg__log.door) < 0)) {
         atomic_fetch_add_explicit(&eg__log.to_stderr, 1, memory_order_relaxed);
         eg__log_to_stderr(level, logger, fmt, ap);
         return;
@@ -386,8 +384,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
                                       memory_order_relaxed);
             atomic_fetch_add_explicit(&eg__log.dropped_unreported, 1,
                                       memory_order_relaxed);
-            atomic_fetch_sub_explicit(&eg__log.producing, 1,
-                                      memory_order_release);
+            eg__door_leave_mp(&eg__log.door);
             return;
         }
         else {
@@ -422,7 +419,7 @@ eg_vlog(int level, const char *logger, const char *fmt, va_list ap)
     atomic_fetch_add_explicit(&eg__log.formatted, 1, memory_order_relaxed);
     /* Release: the consumer that acquires seq == pos + 1 sees the slot. */
     atomic_store_explicit(&s->seq, pos + 1, memory_order_release);
-    atomic_fetch_sub_explicit(&eg__log.producing, 1, memory_order_release);
+    eg__door_leave_mp(&eg__log.door);
 
     if (EG__UNLIKELY(!atomic_load_explicit(&eg__log.started,
                                           memory_order_relaxed))) {
@@ -522,8 +519,8 @@ eg__log_after_fork_child(void)
     atomic_store_explicit(&eg__log.started, 0, memory_order_seq_cst);
     atomic_store_explicit(&eg__log.sleeping, 0, memory_order_seq_cst);
     atomic_store_explicit(&eg__log.stop, 0, memory_order_seq_cst);
-    /* Those producers are gone. */
-    atomic_store_explicit(&eg__log.producing, 0, memory_order_seq_cst);
+    /* Those producers are gone; the door stays open or closed. */
+    eg__door_init(&eg__log.door, 0);
     eg__reopen_eventfd(eg__log.efd);
     uint64_t end = atomic_load_explicit(&eg__log.enqueue_pos,
                                         memory_order_seq_cst);

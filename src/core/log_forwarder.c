@@ -17,13 +17,14 @@
  * run attached.
  */
 #include "core/log_forwarder.h"
+#include "base/door.h"
+#include "base/platform.h"
 #include "core/record.h"
 #include "core/gate.h"
 #include "core/tstates.h"
 #include "core/log_state.h"
 
 #include <poll.h>
-#include <sched.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -181,7 +182,7 @@ eg__log_start_forwarder(void)
 {
     eg__mutex_lock(&eg__log.start_lock);
     if (!atomic_load_explicit(&eg__log.started, memory_order_seq_cst)
-            && !atomic_load_explicit(&eg__log.stopped, memory_order_seq_cst)) {
+            && eg__door_state(&eg__log.door) == EG__DOOR_OPEN) {
         if (pthread_create(&eg__log.forwarder, NULL, eg__forwarder_main,
                            NULL) == 0) {
 #if defined(__linux__)
@@ -211,23 +212,21 @@ eg__log_stop_and_drain(void)
         pthread_join(eg__log.forwarder, NULL);
         Py_END_ALLOW_THREADS
     }
-    /* Producers racing with this keep landing in the ring until `stopped`
-     * is set; deliver until it is empty, then close it, then deliver the
+    /* Producers racing with this keep landing in the ring until the door
+     * closes; deliver until it is empty, then close it, then deliver the
      * last ones that made it in before the switch. */
     while (eg__log_deliver_batch(EG__LOG_BATCH) > 0) {
     }
-    atomic_store_explicit(&eg__log.stopped, 1, memory_order_seq_cst);
-    /* Producers already past the check finish publishing (a few
-     * instructions each: they never block); wait for them without the
-     * GIL, then deliver what they published. */
-    if (atomic_load_explicit(&eg__log.producing, memory_order_seq_cst)) {
+    /* Producers already inside finish publishing (a few instructions
+     * each: they never block); wait for them without the GIL, then
+     * deliver what they published. */
+    if (eg__door_begin_close(&eg__log.door) > 0) {
+        struct timespec forever = eg__deadline(-1);
         Py_BEGIN_ALLOW_THREADS
-        while (atomic_load_explicit(&eg__log.producing,
-                                    memory_order_seq_cst)) {
-            sched_yield();
-        }
+        (void)eg__door_wait_empty(&eg__log.door, &forever);
         Py_END_ALLOW_THREADS
     }
+    eg__door_finish_close(&eg__log.door);
     while (eg__log_deliver_batch(EG__LOG_BATCH) > 0) {
     }
     if (atomic_load_explicit(&eg__log.dropped_unreported,

@@ -11,6 +11,7 @@
 #ifndef EG__LOG_STATE_H
 #define EG__LOG_STATE_H
 
+#include "base/door.h"
 #include "core/record.h"
 
 #define EG__LOG_SLOT_MSG 432          /* bytes of message text per slot */
@@ -48,8 +49,9 @@ typedef struct eg__logstate {
     int efd;
     _Atomic int started;             /* forwarder thread created */
     _Atomic int stop;                /* forwarder must exit */
-    _Atomic int stopped;             /* after phase 2: write to stderr */
-    _Atomic int producing;           /* producers past the stopped check */
+    /* Producers pass through it; phase 2 closes it, waits for the ones
+     * inside, and from then on eg_log writes to stderr. */
+    eg__door door;
     pthread_t forwarder;
     pthread_mutex_t start_lock;
     PyObject *deliver;               /* exitguard._logging.deliver (main) */
