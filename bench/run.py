@@ -278,7 +278,7 @@ def bench_enqueue(R, quick):
     if sys.version_info < (3, 12):
         # 3.9-3.11 only: eg_decref asks "am I attached?" by comparing the GIL holder
         # with this thread's gilstate state, a TSS lookup that is skipped when no
-        # thread holds the GIL (eg_compat.h).
+        # thread holds the GIL (base/compat.h).
         with pinned(1):
             idle, idle_s = median_of(lambda: B.enqueue(B.M_EG, 1, n, True)[0])
         R.add(1, "eg_decref, 1 thread, GIL idle (3.9-3.11 fast path)", idle, "ns", samples=idle_s,

@@ -4,9 +4,9 @@
  * an attach does not create one each time (that costs 4-8x the attach).
  *
  * CAUTION: all of this but eg__tstates_reap may run on a thread with no
- * thread state -- a thread about to attach, a thread exiting (from a
- * pthread key destructor too), the fork child -- and uses atomics, pthreads
- * and raw malloc only; PyThreadState_New needs no GIL.  eg__tstates_reap
+ * thread state -- a thread about to attach, a thread exiting (from the
+ * thread-exit hook too, base/thread_exit.c), the fork child -- and uses
+ * atomics, pthreads and raw malloc only; PyThreadState_New needs no GIL.  eg__tstates_reap
  * runs attached to the states' interpreter, as PyThreadState_Clear
  * requires.
  *
